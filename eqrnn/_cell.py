@@ -1,0 +1,185 @@
+"""The interface every eqrnn cell implements."""
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._custom_types import Hidden, HiddenArray, HiddenLike, Input
+from ._misc import (
+    check_hidden,
+    check_input,
+    check_size,
+    gate_kernels,
+    make_bias,
+    resolve_dtype,
+)
+
+
+class AbstractCell(eqx.Module):
+    """One step of a recurrent cell, for one example.
+
+    Every eqrnn cell is called as `cell(input, hidden, *, key=None) -> hidden`, like
+    `equinox.nn.GRUCell`, and splits that step in two so that the scan helpers can
+    hoist the input-side work out of the time loop:
+
+    - `project_inputs(inputs)` maps inputs of shape `(..., input_size)` to
+      everything the step needs from the input alone (for the built-in cells,
+      `inputs @ weight_ih.T + bias`), so a whole sequence costs one matmul;
+    - `step(projected, hidden)` does the rest of one time step.
+
+    `cell(input, hidden)` is exactly `cell.step(cell.project_inputs(input), hidden)`
+    after checking the arguments.
+    """
+
+    input_size: eqx.AbstractVar[int]
+    hidden_size: eqx.AbstractVar[int]
+    initial_hidden: eqx.AbstractVar[Any]
+
+    @abc.abstractmethod
+    def project_inputs(
+        self, inputs: Float[Array, "*time input_size"]
+    ) -> Float[Array, "*time projected"]:
+        """The input-side part of the step, for any number of leading axes."""
+
+    @abc.abstractmethod
+    def step(self, projected: Float[Array, " projected"], hidden: Any) -> Any:
+        """One time step from an already projected input."""
+
+    @abc.abstractmethod
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of each array in the hidden state."""
+
+    @property
+    @abc.abstractmethod
+    def dtype(self) -> Any:
+        """The dtype of the cell's parameters."""
+
+    def init_hidden(self) -> Hidden:
+        """The starting hidden state: zeros, or what `carry_init` drew at construction.
+
+        **Returns:**
+
+        An array of shape `(hidden_size,)`, or for `LSTMCell` the tuple `(h, c)`.
+        """
+        if self.initial_hidden is not None:
+            return self.initial_hidden
+        zeros = tuple(jnp.zeros(s, self.dtype) for s in self.hidden_shapes())
+        return zeros[0] if len(zeros) == 1 else zeros  # pyright: ignore[reportReturnType]
+
+    def output(self, hidden: Hidden) -> HiddenArray:
+        """What the layer above sees of a hidden state: `h` (identity here).
+
+        **Arguments:**
+
+        - `hidden`: a hidden state of this cell.
+
+        **Returns:**
+
+        An array of shape `(hidden_size,)`.
+        """
+        return hidden  # pyright: ignore[reportReturnType]
+
+    def __call__(
+        self, input: Input, hidden: HiddenLike, *, key: PRNGKeyArray | None = None
+    ) -> Hidden:
+        """One time step.
+
+        **Arguments:**
+
+        - `input`: the input at this step, shape `(input_size,)`.
+        - `hidden`: the hidden state from the previous step (see `init_hidden`).
+        - `key`: ignored by the deterministic built-in cells; accepted for
+            compatibility with the rest of the Equinox API. (Keyword only argument.)
+
+        **Returns:**
+
+        The new hidden state, with the same structure and shapes as `hidden`.
+        """
+        del key
+        name = type(self).__name__
+        with jax.named_scope(f"eqrnn.{name}"):
+            check_input(name, self.input_size, input)
+            check_hidden(name, hidden, self.hidden_shapes())
+            return self.step(self.project_inputs(jnp.asarray(input)), hidden)  # pyright: ignore[reportArgumentType]
+
+
+def make_initial_hidden(
+    carry_init: Callable[..., Array] | None,
+    key: PRNGKeyArray,
+    shapes: tuple[tuple[int, ...], ...],
+    dtype: Any,
+) -> Hidden | None:
+    """Draw the starting hidden state from `carry_init`, or `None` for zeros."""
+    if carry_init is None:
+        return None
+    keys = jr.split(key, len(shapes))
+    arrays = tuple(
+        jnp.asarray(carry_init(k, s, dtype), dtype)
+        for k, s in zip(keys, shapes, strict=True)
+    )
+    return arrays[0] if len(arrays) == 1 else arrays  # pyright: ignore[reportReturnType]
+
+
+default_kernel_init = jax.nn.initializers.lecun_normal()
+default_recurrent_kernel_init = jax.nn.initializers.orthogonal()
+default_bias_init = jax.nn.initializers.zeros
+
+
+class Parameters(eqx.Module):
+    """What `init_parameters` draws; unpacked straight into a cell's fields."""
+
+    weight_ih: Array
+    weight_hh: Array
+    bias: Array | None
+    initial_hidden: Hidden | None
+    dtype: Any = eqx.field(static=True)
+
+
+def init_parameters(
+    cell_name: str,
+    *,
+    input_size: int,
+    hidden_size: int,
+    num_gates: int,
+    use_bias: bool,
+    kernel_init: Callable[..., Array],
+    recurrent_kernel_init: Callable[..., Array],
+    bias_init: Callable[..., Array],
+    carry_init: Callable[..., Array] | None,
+    hidden_shapes: tuple[tuple[int, ...], ...],
+    dtype: Any,
+    key: PRNGKeyArray,
+) -> Parameters:
+    """Check a cell's sizes and draw its weights in PyTorch's gate-stacked layout."""
+    check_size("input_size", input_size)
+    check_size("hidden_size", hidden_size)
+    if not isinstance(use_bias, bool):
+        raise TypeError(f"{cell_name}: `use_bias` must be a bool, got {use_bias!r}.")
+    dtype = resolve_dtype(dtype)
+    ikey, hkey, bkey, ckey = jr.split(key, 4)
+    size = num_gates * hidden_size
+    return Parameters(
+        weight_ih=gate_kernels(
+            kernel_init, ikey, input_size, hidden_size, num_gates, dtype
+        ),
+        weight_hh=gate_kernels(
+            recurrent_kernel_init, hkey, hidden_size, hidden_size, num_gates, dtype
+        ),
+        bias=make_bias(bias_init, bkey, size, dtype) if use_bias else None,
+        initial_hidden=make_initial_hidden(carry_init, ckey, hidden_shapes, dtype),
+        dtype=dtype,
+    )
+
+
+def linear_inputs(
+    weight_ih: Array, bias: Array | None, inputs: Float[Array, "*time input_size"]
+) -> Float[Array, "*time projected"]:
+    """`inputs @ weight_ih.T + bias` over any number of leading axes."""
+    out = inputs @ weight_ih.T
+    return out if bias is None else out + bias

@@ -1,0 +1,142 @@
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._cell import (
+    AbstractCell,
+    default_bias_init,
+    default_kernel_init,
+    default_recurrent_kernel_init,
+    init_parameters,
+    linear_inputs,
+)
+from ._custom_types import HiddenArray
+from ._misc import make_bias
+
+
+class GRUCell(AbstractCell):
+    r"""A gated recurrent unit, reset-after form (as PyTorch, cuDNN and Equinox).
+
+    $$\begin{aligned}
+    r &= \sigma(W_{ir} x + W_{hr} h + b_r) \\
+    z &= \sigma(W_{iz} x + W_{hz} h + b_z) \\
+    n &= \tanh(W_{in} x + b_{in} + r \odot (W_{hn} h + b_{hn})) \\
+    h' &= (1 - z) \odot n + z \odot h
+    \end{aligned}$$
+
+    with $\sigma$ = `gate_fn` and $\tanh$ = `activation_fn`. The weights are stored as
+    PyTorch stores them, gates stacked in the order r, z, n: `weight_ih` is
+    `(3 * hidden_size, input_size)` and `weight_hh` is `(3 * hidden_size,
+    hidden_size)`. `bias` holds $b_r, b_z, b_{in}$ (PyTorch's `b_ih + b_hh` for r and
+    z) and `bias_hn` holds $b_{hn}$, which sits inside the reset gate and so cannot be
+    folded into `bias`. `bias_hn` is Equinox's `bias_n`; Flax's `GRUCell` has no
+    such term (it is zero there).
+
+    !!! example
+
+        ```python
+        cell = eqrnn.GRUCell(3, 8, key=jax.random.key(0))
+        hs = eqrnn.scan_all_hidden(cell, jnp.ones((10, 3)))  # shape (10, 8)
+        ```
+    """
+
+    weight_ih: Float[Array, "three_hidden input_size"]
+    weight_hh: Float[Array, "three_hidden hidden_size"]
+    bias: Float[Array, " three_hidden"] | None
+    bias_hn: Float[Array, " hidden_size"] | None
+    initial_hidden: Float[Array, " hidden_size"] | None
+    input_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    gate_fn: Callable[[Array], Array] = eqx.field(static=True)
+    activation_fn: Callable[[Array], Array] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        use_bias: bool = True,
+        gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
+        activation_fn: Callable[[Array], Array] = jnp.tanh,
+        kernel_init: Callable[..., Array] = default_kernel_init,
+        recurrent_kernel_init: Callable[..., Array] = default_recurrent_kernel_init,
+        bias_init: Callable[..., Array] = default_bias_init,
+        carry_init: Callable[..., Array] | None = None,
+        dtype: Any = None,
+        *,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `input_size`: the size of the input at each time step.
+        - `hidden_size`: the size of the hidden state.
+        - `use_bias`: whether to use `bias` and `bias_hn`.
+        - `gate_fn`: the gate nonlinearity $\\sigma$ (default `jax.nn.sigmoid`).
+        - `activation_fn`: the candidate nonlinearity (default `jnp.tanh`).
+        - `kernel_init`: initialiser `init(key, (input_size, hidden_size), dtype)`
+            for each gate's input weights (default LeCun normal, as Flax).
+        - `recurrent_kernel_init`: the same for each gate's `(hidden_size,
+            hidden_size)` recurrent weights (default orthogonal, as Flax).
+        - `bias_init`: initialiser for the biases (default zeros, as Flax).
+        - `carry_init`: if given, initialiser for the starting hidden state, drawn
+            once here and stored as the trainable `initial_hidden`; else zeros.
+        - `dtype`: the parameters' dtype; default float32 (float64 with
+            `jax_enable_x64`).
+        - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
+        """
+        params = init_parameters(
+            "GRUCell",
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_gates=3,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init,
+            carry_init=carry_init,
+            hidden_shapes=((hidden_size,),),
+            dtype=dtype,
+            key=key,
+        )
+        self.weight_ih = params.weight_ih
+        self.weight_hh = params.weight_hh
+        self.bias = params.bias
+        self.bias_hn = (
+            make_bias(bias_init, jr.fold_in(key, 1), hidden_size, params.dtype)
+            if use_bias
+            else None
+        )
+        self.initial_hidden = params.initial_hidden  # pyright: ignore[reportAttributeAccessIssue]
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.use_bias = use_bias
+        self.gate_fn = gate_fn
+        self.activation_fn = activation_fn
+
+    @property
+    def dtype(self) -> Any:
+        return self.weight_hh.dtype
+
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,),)
+
+    def project_inputs(
+        self, inputs: Float[Array, "*time input_size"]
+    ) -> Float[Array, "*time three_hidden"]:
+        return linear_inputs(self.weight_ih, self.bias, inputs)
+
+    def step(
+        self, projected: Float[Array, " three_hidden"], hidden: HiddenArray
+    ) -> HiddenArray:
+        hs = self.hidden_size
+        rec = self.weight_hh @ hidden
+        rec_n = rec[2 * hs :] if self.bias_hn is None else rec[2 * hs :] + self.bias_hn
+        r = self.gate_fn(projected[:hs] + rec[:hs])
+        z = self.gate_fn(projected[hs : 2 * hs] + rec[hs : 2 * hs])
+        n = self.activation_fn(projected[2 * hs :] + r * rec_n)
+        return n + z * (hidden - n)

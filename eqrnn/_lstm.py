@@ -1,0 +1,170 @@
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._cell import (
+    AbstractCell,
+    default_bias_init,
+    default_kernel_init,
+    default_recurrent_kernel_init,
+    init_parameters,
+    linear_inputs,
+)
+from ._custom_types import HiddenArray
+
+
+class LSTMCell(AbstractCell):
+    r"""A long short-term memory cell, with one fused matmul per step.
+
+    $$\begin{aligned}
+    i &= \sigma(W_{ii} x + W_{hi} h + b_i) &
+    f &= \sigma(W_{if} x + W_{hf} h + b_f) \\
+    g &= \tanh(W_{ig} x + W_{hg} h + b_g) &
+    o &= \sigma(W_{io} x + W_{ho} h + b_o) \\
+    c' &= f \odot c + i \odot g &
+    h' &= o \odot \tanh(c')
+    \end{aligned}$$
+
+    with $\sigma$ = `gate_fn` and $\tanh$ = `activation_fn`. The hidden state is the
+    tuple `(h, c)` (PyTorch and Equinox order; Flax's carry is `(c, h)`). The weights
+    are stored as PyTorch stores them, gates stacked in the order i, f, g, o:
+    `weight_ih` is `(4 * hidden_size, input_size)`, `weight_hh` is `(4 * hidden_size,
+    hidden_size)`, and the single `bias` is PyTorch's `bias_ih + bias_hh`.
+
+    !!! example
+
+        ```python
+        cell = eqrnn.LSTMCell(3, 8, key=jax.random.key(0))
+        hs, cs = eqrnn.scan_all_hidden(cell, jnp.ones((10, 3)))  # (10, 8) each
+        ```
+    """
+
+    weight_ih: Float[Array, "four_hidden input_size"]
+    weight_hh: Float[Array, "four_hidden hidden_size"]
+    bias: Float[Array, " four_hidden"] | None
+    initial_hidden: (
+        tuple[Float[Array, " hidden_size"], Float[Array, " hidden_size"]] | None
+    )
+    input_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    gate_fn: Callable[[Array], Array] = eqx.field(static=True)
+    activation_fn: Callable[[Array], Array] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        use_bias: bool = True,
+        gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
+        activation_fn: Callable[[Array], Array] = jnp.tanh,
+        kernel_init: Callable[..., Array] = default_kernel_init,
+        recurrent_kernel_init: Callable[..., Array] = default_recurrent_kernel_init,
+        bias_init: Callable[..., Array] = default_bias_init,
+        carry_init: Callable[..., Array] | None = None,
+        forget_bias: float = 0.0,
+        dtype: Any = None,
+        *,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `input_size`: the size of the input at each time step.
+        - `hidden_size`: the size of `h` and `c`.
+        - `use_bias`: whether to use `bias`.
+        - `gate_fn`: the gate nonlinearity $\\sigma$ (default `jax.nn.sigmoid`).
+        - `activation_fn`: the nonlinearity of `g` and of `c'` (default `jnp.tanh`).
+        - `kernel_init`: initialiser `init(key, (input_size, hidden_size), dtype)`
+            for each gate's input weights (default LeCun normal, as Flax).
+        - `recurrent_kernel_init`: the same for each gate's `(hidden_size,
+            hidden_size)` recurrent weights (default orthogonal, as Flax).
+        - `bias_init`: initialiser for `bias` (default zeros, as Flax).
+        - `carry_init`: if given, initialiser for the starting `h` and `c`, drawn
+            once here and stored as the trainable `initial_hidden`; else zeros.
+        - `forget_bias`: added once, here, to the forget gate's part of `bias`
+            (1.0 is the common choice for long memories; the default 0.0 matches
+            Flax and PyTorch). It is a parameter from then on, never added at run
+            time. Needs `use_bias=True` unless it is 0.
+        - `dtype`: the parameters' dtype; default float32 (float64 with
+            `jax_enable_x64`).
+        - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
+        """
+        if not isinstance(forget_bias, int | float) or isinstance(forget_bias, bool):
+            raise TypeError(
+                f"LSTMCell: `forget_bias` must be a float, got {forget_bias!r}."
+            )
+        if forget_bias != 0 and not use_bias:
+            raise ValueError(
+                f"LSTMCell: `forget_bias={forget_bias}` needs `use_bias=True`; it is "
+                "stored in the bias."
+            )
+        params = init_parameters(
+            "LSTMCell",
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_gates=4,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init,
+            carry_init=carry_init,
+            hidden_shapes=((hidden_size,), (hidden_size,)),
+            dtype=dtype,
+            key=key,
+        )
+        bias = params.bias
+        if bias is not None and forget_bias != 0:
+            bias = bias.at[hidden_size : 2 * hidden_size].add(forget_bias)
+        self.weight_ih = params.weight_ih
+        self.weight_hh = params.weight_hh
+        self.bias = bias
+        self.initial_hidden = params.initial_hidden  # pyright: ignore[reportAttributeAccessIssue]
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.use_bias = use_bias
+        self.gate_fn = gate_fn
+        self.activation_fn = activation_fn
+
+    @property
+    def dtype(self) -> Any:
+        return self.weight_hh.dtype
+
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,), (self.hidden_size,))
+
+    def project_inputs(
+        self, inputs: Float[Array, "*time input_size"]
+    ) -> Float[Array, "*time four_hidden"]:
+        return linear_inputs(self.weight_ih, self.bias, inputs)
+
+    def step(
+        self,
+        projected: Float[Array, " four_hidden"],
+        hidden: tuple[HiddenArray, HiddenArray],
+    ) -> tuple[HiddenArray, HiddenArray]:
+        h, c = hidden
+        hs = self.hidden_size
+        z = projected + self.weight_hh @ h
+        i = self.gate_fn(z[:hs])
+        f = self.gate_fn(z[hs : 2 * hs])
+        g = self.activation_fn(z[2 * hs : 3 * hs])
+        o = self.gate_fn(z[3 * hs :])
+        c = f * c + i * g
+        return o * self.activation_fn(c), c
+
+    def output(self, hidden: tuple[HiddenArray, HiddenArray]) -> HiddenArray:  # pyright: ignore[reportIncompatibleMethodOverride]
+        """What the layer above sees: `h` of `(h, c)`.
+
+        **Arguments:**
+
+        - `hidden`: the tuple `(h, c)`.
+
+        **Returns:**
+
+        `h`, of shape `(hidden_size,)`.
+        """
+        return hidden[0]

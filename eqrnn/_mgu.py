@@ -1,0 +1,128 @@
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._cell import (
+    AbstractCell,
+    default_bias_init,
+    default_kernel_init,
+    default_recurrent_kernel_init,
+    init_parameters,
+    linear_inputs,
+)
+from ._custom_types import HiddenArray
+
+
+class MGUCell(AbstractCell):
+    r"""A minimal gated unit (Zhou et al. 2016, "Minimal Gated Unit for Recurrent
+    Neural Networks", eq. 7): a GRU whose reset and update gates are one gate.
+
+    $$\begin{aligned}
+    f &= \sigma(W_{if} x + W_{hf} h + b_f) \\
+    \tilde h &= \tanh(W_{in} x + W_{hn} (f \odot h) + b_n) \\
+    h' &= (1 - f) \odot h + f \odot \tilde h
+    \end{aligned}$$
+
+    with $\sigma$ = `gate_fn` and $\tanh$ = `activation_fn`. Gates are stacked in the
+    order f, n: `weight_ih` is `(2 * hidden_size, input_size)`, `weight_hh` is
+    `(2 * hidden_size, hidden_size)` and `bias` is `(2 * hidden_size,)`. The two
+    recurrent matmuls cannot be fused, because the second one needs `f`.
+
+    !!! example
+
+        ```python
+        cell = eqrnn.MGUCell(3, 8, key=jax.random.key(0))
+        hs = eqrnn.scan_all_hidden(cell, jnp.ones((10, 3)))  # shape (10, 8)
+        ```
+    """
+
+    weight_ih: Float[Array, "two_hidden input_size"]
+    weight_hh: Float[Array, "two_hidden hidden_size"]
+    bias: Float[Array, " two_hidden"] | None
+    initial_hidden: Float[Array, " hidden_size"] | None
+    input_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    gate_fn: Callable[[Array], Array] = eqx.field(static=True)
+    activation_fn: Callable[[Array], Array] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        use_bias: bool = True,
+        gate_fn: Callable[[Array], Array] = jax.nn.sigmoid,
+        activation_fn: Callable[[Array], Array] = jnp.tanh,
+        kernel_init: Callable[..., Array] = default_kernel_init,
+        recurrent_kernel_init: Callable[..., Array] = default_recurrent_kernel_init,
+        bias_init: Callable[..., Array] = default_bias_init,
+        carry_init: Callable[..., Array] | None = None,
+        dtype: Any = None,
+        *,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `input_size`: the size of the input at each time step.
+        - `hidden_size`: the size of the hidden state.
+        - `use_bias`: whether to use `bias`.
+        - `gate_fn`: the gate nonlinearity $\\sigma$ (default `jax.nn.sigmoid`).
+        - `activation_fn`: the candidate nonlinearity (default `jnp.tanh`).
+        - `kernel_init`: initialiser `init(key, (input_size, hidden_size), dtype)`
+            for each gate's input weights (default LeCun normal, as Flax).
+        - `recurrent_kernel_init`: the same for each gate's `(hidden_size,
+            hidden_size)` recurrent weights (default orthogonal, as Flax).
+        - `bias_init`: initialiser for `bias` (default zeros, as Flax).
+        - `carry_init`: if given, initialiser for the starting hidden state, drawn
+            once here and stored as the trainable `initial_hidden`; else zeros.
+        - `dtype`: the parameters' dtype; default float32 (float64 with
+            `jax_enable_x64`).
+        - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
+        """
+        params = init_parameters(
+            "MGUCell",
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_gates=2,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init,
+            carry_init=carry_init,
+            hidden_shapes=((hidden_size,),),
+            dtype=dtype,
+            key=key,
+        )
+        self.weight_ih = params.weight_ih
+        self.weight_hh = params.weight_hh
+        self.bias = params.bias
+        self.initial_hidden = params.initial_hidden  # pyright: ignore[reportAttributeAccessIssue]
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.use_bias = use_bias
+        self.gate_fn = gate_fn
+        self.activation_fn = activation_fn
+
+    @property
+    def dtype(self) -> Any:
+        return self.weight_hh.dtype
+
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,),)
+
+    def project_inputs(
+        self, inputs: Float[Array, "*time input_size"]
+    ) -> Float[Array, "*time two_hidden"]:
+        return linear_inputs(self.weight_ih, self.bias, inputs)
+
+    def step(
+        self, projected: Float[Array, " two_hidden"], hidden: HiddenArray
+    ) -> HiddenArray:
+        hs = self.hidden_size
+        f = self.gate_fn(projected[:hs] + self.weight_hh[:hs] @ hidden)
+        n = self.activation_fn(projected[hs:] + self.weight_hh[hs:] @ (f * hidden))
+        return hidden + f * (n - hidden)

@@ -1,0 +1,108 @@
+"""Helpers shared by the cells: dtypes, initialisation and argument checks."""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, PRNGKeyArray
+
+
+def default_floating_dtype() -> Any:
+    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+
+
+def resolve_dtype(dtype: Any) -> Any:
+    if dtype is None:
+        return default_floating_dtype()
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
+    return dtype
+
+
+def check_size(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+def gate_kernels(
+    init: Callable[..., Array],
+    key: PRNGKeyArray,
+    fan_in: int,
+    hidden_size: int,
+    num_gates: int,
+    dtype: Any,
+) -> Array:
+    """A PyTorch-layout weight `(num_gates * hidden_size, fan_in)`.
+
+    Each gate's block is drawn on its own from `init` in Flax's `(in, out)` layout and
+    then transposed, so that `lecun_normal` sees the right fan-in and `orthogonal`
+    makes every gate's recurrent matrix orthogonal (as Flax's `LSTMCell` does).
+    """
+    keys = jr.split(key, num_gates)
+    draw_dtype = _draw_dtype(dtype)
+    blocks = [init(k, (fan_in, hidden_size), draw_dtype) for k in keys]
+    return jnp.concatenate(blocks, axis=1).T.astype(dtype)
+
+
+def _draw_dtype(dtype: Any) -> Any:
+    # Half-precision weights are drawn in float32 and cast, as Flax's
+    # `modified_orthogonal` does: the QR decomposition behind `orthogonal` has no
+    # bfloat16/float16 kernel.
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
+
+
+def make_bias(
+    init: Callable[..., Array], key: PRNGKeyArray, size: int, dtype: Any
+) -> Array:
+    return jnp.asarray(init(key, (size,), _draw_dtype(dtype)), dtype)
+
+
+def check_input(cell_name: str, input_size: int, input: Any) -> None:
+    """Trace-time check of one step's input: one example, right width, floating."""
+    shape = jnp.shape(input)
+    if len(shape) != 1 or shape[0] != input_size:
+        hint = ""
+        if len(shape) == 2 and shape[-1] == input_size:
+            hint = (
+                " eqrnn cells see one example at a time: batch with `jax.vmap`, "
+                "and run over time with `eqrnn.scan_all_hidden`/`scan_last`."
+            )
+        raise ValueError(
+            f"{cell_name}: `input` must have shape (input_size,) = ({input_size},), "
+            f"got shape {shape}.{hint}"
+        )
+    check_floating("input", jnp.result_type(input), cell_name)
+
+
+def check_floating(name: str, dtype: Any, where: str) -> None:
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: `{name}` must be a floating-point array, got dtype {dtype}. "
+            f"Cast it first, e.g. `{name}.astype(jnp.float32)`."
+        )
+
+
+def check_hidden(
+    cell_name: str, hidden: Any, shapes: Sequence[tuple[int, ...]]
+) -> None:
+    """Trace-time check that `hidden` is one array, or a tuple, of the given shapes."""
+    expected = shapes[0] if len(shapes) == 1 else tuple(shapes)
+    if len(shapes) == 1:
+        ok = not isinstance(hidden, tuple | list) and jnp.shape(hidden) == shapes[0]
+    else:
+        ok = isinstance(hidden, tuple) and len(hidden) == len(shapes)
+        ok = ok and all(jnp.shape(h) == s for h, s in zip(hidden, shapes, strict=True))
+    if not ok:
+        got = jax.tree.map(jnp.shape, hidden)
+        what = (
+            "an array of shape" if len(shapes) == 1 else "a tuple of arrays of shapes"
+        )
+        raise ValueError(
+            f"{cell_name}: `hidden` must be {what} {expected}, got {got}. "
+            "eqrnn cells see one example at a time: batch with `jax.vmap`."
+        )
+    for h in jax.tree.leaves(hidden):
+        check_floating("hidden", jnp.result_type(h), cell_name)

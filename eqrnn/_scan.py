@@ -1,0 +1,379 @@
+"""`scan_last` and `scan_all_hidden`: a cell run over one sequence.
+
+Everything about time lives here: valid lengths, reversal, episode resets,
+checkpointing and picking a cell's fast sequence path.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray
+
+from ._cell import AbstractCell
+from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
+
+
+def _tree_where(pred: Array, on_true: Any, on_false: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _zeros_like_hidden(cell: Any, hidden: Any, where: str) -> Any:
+    """A starting state for a cell that has no `init_hidden` (e.g. Equinox's)."""
+    if hidden is not None:
+        return jax.tree.map(jnp.zeros_like, hidden)
+    if isinstance(cell, eqx.nn.LSTMCell):
+        zeros = jnp.zeros(cell.hidden_size, cell.weight_hh.dtype)
+        return (zeros, zeros)
+    if isinstance(cell, eqx.nn.GRUCell):
+        return jnp.zeros(cell.hidden_size, cell.weight_hh.dtype)
+    raise TypeError(
+        f"{where}: `hidden` is None and the cell {type(cell).__name__} has no "
+        "`init_hidden()` method, so the starting state is unknown: pass `hidden`."
+    )
+
+
+def _initial_hidden(cell: Any, hidden: Any, where: str) -> tuple[Any, Any]:
+    """`(start, reset_state)`: where the scan starts, and what `resets` go back to."""
+    if hasattr(cell, "init_hidden"):
+        reset_state = cell.init_hidden()
+    else:
+        reset_state = _zeros_like_hidden(cell, hidden, where)
+    if hidden is None:
+        return reset_state, reset_state
+    expected = jax.tree.structure(reset_state)
+    got = jax.tree.structure(hidden)
+    exp_shapes = [jnp.shape(x) for x in jax.tree.leaves(reset_state)]
+    got_shapes = [jnp.shape(x) for x in jax.tree.leaves(hidden)]
+    if expected != got or exp_shapes != got_shapes:
+        raise ValueError(
+            f"{where}: `hidden` must match the cell's hidden state, "
+            f"{jax.tree.map(jnp.shape, reset_state)}, got "
+            f"{jax.tree.map(jnp.shape, hidden)}. The scan helpers see one sequence "
+            "at a time: batch with `jax.vmap`."
+        )
+    for leaf in jax.tree.leaves(hidden):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(
+                f"{where}: `hidden` must hold floating-point arrays, got dtype "
+                f"{jnp.result_type(leaf)}."
+            )
+    return hidden, reset_state
+
+
+def _check_inputs(cell: Any, inputs: Any, where: str) -> Array:
+    inputs = jnp.asarray(inputs)
+    input_size = getattr(cell, "input_size", None)
+    width = "input_size" if input_size is None else f"input_size={input_size}"
+    if inputs.ndim != 2 or (input_size is not None and inputs.shape[1] != input_size):
+        hint = ""
+        if inputs.ndim == 3:
+            hint = (
+                " A batch of sequences is mapped with `jax.vmap(lambda x: "
+                f"eqrnn.{where}(cell, x))(batch)`."
+            )
+        raise ValueError(
+            f"{where}: `inputs` must have shape (time, {width}), one sequence with "
+            f"time on axis 0, got shape {inputs.shape}.{hint}"
+        )
+    if not jnp.issubdtype(inputs.dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: `inputs` must be a floating-point array, got dtype "
+            f"{inputs.dtype}. Cast it first, e.g. `inputs.astype(jnp.float32)`."
+        )
+    return inputs
+
+
+def _check_length(length: Any, num_steps: int, where: str) -> Array | None:
+    if length is None:
+        return None
+    if isinstance(length, bool) or not jnp.issubdtype(
+        jnp.result_type(length), jnp.integer
+    ):
+        raise TypeError(
+            f"{where}: `length` must be an integer (the number of valid steps), got "
+            f"{type(length).__name__} of dtype {jnp.result_type(length)}."
+        )
+    if jnp.ndim(length) != 0:
+        raise ValueError(
+            f"{where}: `length` must be a scalar for one sequence, got shape "
+            f"{jnp.shape(length)}. For a batch, `jax.vmap` over sequences and lengths."
+        )
+    if isinstance(length, int) and not 0 <= length <= num_steps:
+        raise ValueError(
+            f"{where}: `length` must be in [0, {num_steps}] (the number of time steps "
+            f"in `inputs`), got {length}."
+        )
+    length = jnp.asarray(length)
+    return eqx.error_if(
+        length,
+        (length < 0) | (length > num_steps),
+        f"{where}: `length` must be in [0, {num_steps}] (the number of time steps in "
+        "`inputs`).",
+    )
+
+
+def _check_resets(resets: Any, num_steps: int, where: str) -> Array | None:
+    if resets is None:
+        return None
+    resets = jnp.asarray(resets)
+    if resets.shape != (num_steps,):
+        raise ValueError(
+            f"{where}: `resets` must have shape (time,) = ({num_steps},), one flag per "
+            f"step of `inputs`, got shape {resets.shape}."
+        )
+    if resets.dtype != jnp.bool_:
+        raise TypeError(
+            f"{where}: `resets` must be a boolean array, got dtype {resets.dtype}. "
+            "Use e.g. `resets = done_flags.astype(bool)`."
+        )
+    return resets
+
+
+def _chunk_length(checkpoint: Any, num_steps: int, where: str) -> int | None:
+    if checkpoint is False:
+        return None
+    if checkpoint is True:
+        return max(1, math.isqrt(max(num_steps - 1, 0)) + 1)
+    if isinstance(checkpoint, int) and checkpoint > 0:
+        return checkpoint
+    raise ValueError(
+        f"{where}: `checkpoint` must be a bool or a positive int (steps per "
+        f"checkpointed chunk), got {checkpoint!r}."
+    )
+
+
+def _check_unroll(unroll: Any, where: str) -> None:
+    if isinstance(unroll, bool):
+        return
+    if not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(
+            f"{where}: `unroll` must be a positive int or a bool, got {unroll!r}."
+        )
+
+
+def _scan(
+    cell: Callable[..., Any],
+    inputs: Any,
+    hidden: Any,
+    *,
+    length: Any,
+    reverse: bool,
+    resets: Any,
+    unroll: int | bool,
+    checkpoint: bool | int,
+    key: PRNGKeyArray | None,
+    stack: bool,
+    where: str,
+) -> tuple[Any, Any]:
+    if not callable(cell):
+        raise TypeError(f"{where}: `cell` must be callable, got {type(cell).__name__}.")
+    if not isinstance(reverse, bool):
+        raise TypeError(f"{where}: `reverse` must be a bool, got {reverse!r}.")
+    _check_unroll(unroll, where)
+    inputs = _check_inputs(cell, inputs, where)
+    num_steps = inputs.shape[0]
+    hidden, reset_state = _initial_hidden(cell, hidden, where)
+    length = _check_length(length, num_steps, where)
+    resets = _check_resets(resets, num_steps, where)
+    chunk = _chunk_length(checkpoint, num_steps, where)
+
+    valid = None if length is None else jnp.arange(num_steps) < length
+    if valid is not None:
+        # Padding is replaced by zeros before the cell sees it, so that NaN or inf
+        # there reaches neither the state nor (through `where`) any gradient.
+        inputs = jnp.where(valid[:, None], inputs, jnp.zeros((), inputs.dtype))
+
+    if isinstance(cell, AbstractCell):
+        # Fast path: the input projection of every step in one matmul.
+        xs = cell.project_inputs(inputs)
+
+        def call(x: Array, h: Any, k: Any) -> Any:
+            del k
+            return cell.step(x, h)
+    else:
+        xs = inputs
+
+        def call(x: Array, h: Any, k: Any) -> Any:
+            return cell(x, h, key=k)
+
+    keys = None if key is None else jr.split(key, num_steps)
+
+    def body(carry: Any, step_in: Any) -> tuple[Any, Any]:
+        x, ok, reset, k = step_in
+        start = carry if reset is None else _tree_where(reset, reset_state, carry)
+        new = call(x, start, k)
+        if ok is None:
+            return new, (new if stack else None)
+        out = jax.tree.map(lambda n: jnp.where(ok, n, jnp.zeros_like(n)), new)
+        return _tree_where(ok, new, carry), (out if stack else None)
+
+    if chunk is None:
+        return jax.lax.scan(
+            body, hidden, (xs, valid, resets, keys), reverse=reverse, unroll=unroll
+        )
+
+    # Checkpointing: an outer scan over chunks of `chunk` steps stores only the
+    # state at chunk boundaries; each chunk's inner scan is recomputed in the
+    # backward pass. With chunk ~ sqrt(T), memory grows as sqrt(T), not T.
+    num_chunks = -(-num_steps // chunk)
+    pad = num_chunks * chunk - num_steps
+    if valid is None:
+        valid = jnp.ones(num_steps, bool)
+
+    def to_chunks(a: Array) -> Array:
+        a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+        return a.reshape(num_chunks, chunk, *a.shape[1:])
+
+    chunked = jax.tree.map(to_chunks, (xs, valid, resets, keys))
+
+    @jax.checkpoint
+    def run_chunk(carry: Any, chunk_in: Any) -> tuple[Any, Any]:
+        return jax.lax.scan(body, carry, chunk_in, reverse=reverse, unroll=unroll)
+
+    final, outs = jax.lax.scan(run_chunk, hidden, chunked, reverse=reverse)
+    outs = jax.tree.map(
+        lambda a: a.reshape(num_chunks * chunk, *a.shape[2:])[:num_steps], outs
+    )
+    return final, outs
+
+
+def scan_last(
+    cell: Callable[..., Any],
+    inputs: Inputs,
+    hidden: AnyHiddenLike | None = None,
+    *,
+    length: Length | None = None,
+    reverse: bool = False,
+    resets: Bool[ArrayLike, " time"] | None = None,
+    unroll: int | bool = 1,
+    checkpoint: bool | int = False,
+    key: PRNGKeyArray | None = None,
+) -> AnyHidden:
+    """Run `cell` over one sequence and return the final hidden state.
+
+    Equivalent to `scan_all_hidden(...)` at the last valid step, without stacking the
+    states of the other steps.
+
+    !!! example
+
+        ```python
+        cell = eqrnn.GRUCell(3, 8, key=jax.random.key(0))
+        h = eqrnn.scan_last(cell, jnp.ones((10, 3)), length=7)  # shape (8,)
+        ```
+
+    **Arguments:**
+
+    - `cell`: an eqrnn cell, or any callable `cell(input, hidden, *, key=None) ->
+        hidden` such as `equinox.nn.GRUCell` and `equinox.nn.LSTMCell`.
+    - `inputs`: one sequence, shape `(time, input_size)`.
+    - `hidden`: the starting state; default `cell.init_hidden()` (zeros for
+        Equinox's cells). Required for other callables.
+    - `length`: the number of valid steps, an integer in `[0, time]`; the steps after
+        it are padding and are skipped. Default: all `time` steps.
+    - `reverse`: run from the last valid step to the first.
+    - `resets`: booleans of shape `(time,)`; where true, that step starts again from
+        `cell.init_hidden()` (zeros for cells without it) instead of the carried
+        state, as at an episode boundary.
+    - `unroll`: steps unrolled per iteration of `jax.lax.scan`.
+    - `checkpoint`: recompute the forward pass during the backward pass, keeping
+        only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
+        `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.
+    - `key`: a `jax.random` key, split into one key per step and passed to the cell
+        as `key=`. For stochastic cells; the built-in cells ignore it.
+
+    **Returns:**
+
+    The hidden state after the last valid step (after step 0 when `reverse=True`),
+    with the structure of `cell.init_hidden()`: shape `(hidden_size,)`, or for an LSTM
+    the tuple `(h, c)`. With `length=0` it is the starting state.
+    """
+    final, _ = _scan(
+        cell,
+        inputs,
+        hidden,
+        length=length,
+        reverse=reverse,
+        resets=resets,
+        unroll=unroll,
+        checkpoint=checkpoint,
+        key=key,
+        stack=False,
+        where="scan_last",
+    )
+    return final
+
+
+def scan_all_hidden(
+    cell: Callable[..., Any],
+    inputs: Inputs,
+    hidden: AnyHiddenLike | None = None,
+    *,
+    length: Length | None = None,
+    reverse: bool = False,
+    resets: Bool[ArrayLike, " time"] | None = None,
+    unroll: int | bool = 1,
+    checkpoint: bool | int = False,
+    key: PRNGKeyArray | None = None,
+) -> AnyHiddens:
+    """Run `cell` over one sequence and return the hidden state of every step.
+
+    `hiddens[t]` is the state right after the cell has read `inputs[t]`, also when
+    `reverse=True`, so the result lines up with `inputs`.
+
+    !!! example
+
+        ```python
+        cell = eqrnn.LSTMCell(3, 8, key=jax.random.key(0))
+        xs = jnp.ones((4, 10, 3))  # a batch of 4 sequences of 10 steps
+        lengths = jnp.array([10, 7, 3, 0])
+        hs, cs = jax.vmap(lambda x, n: eqrnn.scan_all_hidden(cell, x, length=n))(
+            xs, lengths
+        )  # (4, 10, 8) each; zero after each sequence's length
+        ```
+
+    **Arguments:**
+
+    - `cell`: an eqrnn cell, or any callable `cell(input, hidden, *, key=None) ->
+        hidden` such as `equinox.nn.GRUCell` and `equinox.nn.LSTMCell`.
+    - `inputs`: one sequence, shape `(time, input_size)`.
+    - `hidden`: the starting state; default `cell.init_hidden()` (zeros for
+        Equinox's cells). Required for other callables.
+    - `length`: the number of valid steps, an integer in `[0, time]`; the steps after
+        it are padding: skipped, and zero in the result. Default: all `time` steps.
+    - `reverse`: run from the last valid step to the first.
+    - `resets`: booleans of shape `(time,)`; where true, that step starts again from
+        `cell.init_hidden()` (zeros for cells without it) instead of the carried
+        state, as at an episode boundary.
+    - `unroll`: steps unrolled per iteration of `jax.lax.scan`.
+    - `checkpoint`: recompute the forward pass during the backward pass, keeping
+        only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
+        `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.
+    - `key`: a `jax.random` key, split into one key per step and passed to the cell
+        as `key=`. For stochastic cells; the built-in cells ignore it.
+
+    **Returns:**
+
+    The hidden states stacked on a leading time axis, with the structure of
+    `cell.init_hidden()`: shape `(time, hidden_size)`, or for an LSTM the tuple
+    `(hs, cs)` of two such arrays. Padded steps are zero. Use `cell.output` under
+    `jax.vmap` (or `hiddens[0]` for an LSTM) to get what a layer above would see.
+    """
+    _, hiddens = _scan(
+        cell,
+        inputs,
+        hidden,
+        length=length,
+        reverse=reverse,
+        resets=resets,
+        unroll=unroll,
+        checkpoint=checkpoint,
+        key=key,
+        stack=True,
+        where="scan_all_hidden",
+    )
+    return hiddens

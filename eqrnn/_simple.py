@@ -1,0 +1,123 @@
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._cell import (
+    AbstractCell,
+    default_bias_init,
+    default_kernel_init,
+    default_recurrent_kernel_init,
+    init_parameters,
+    linear_inputs,
+)
+from ._custom_types import HiddenArray
+
+
+class SimpleCell(AbstractCell):
+    r"""An Elman cell: $h' = \phi(W_{ih} x + W_{hh} h + b)$.
+
+    With `residual=True`, $h' = \phi(W_{ih} x + W_{hh} h + b + h)$, as Flax's
+    `SimpleCell(residual=True)`. $\phi$ is `activation_fn` (`jnp.tanh` by default;
+    `jax.nn.relu` gives PyTorch's `nonlinearity="relu"`). `weight_ih` is
+    `(hidden_size, input_size)`, `weight_hh` is `(hidden_size, hidden_size)` and the
+    single `bias` is PyTorch's `bias_ih + bias_hh`.
+
+    !!! example
+
+        ```python
+        cell = eqrnn.SimpleCell(3, 8, key=jax.random.key(0))
+        hs = eqrnn.scan_all_hidden(cell, jnp.ones((10, 3)))  # shape (10, 8)
+        ```
+    """
+
+    weight_ih: Float[Array, "hidden_size input_size"]
+    weight_hh: Float[Array, "hidden_size hidden_size"]
+    bias: Float[Array, " hidden_size"] | None
+    initial_hidden: Float[Array, " hidden_size"] | None
+    input_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    residual: bool = eqx.field(static=True)
+    activation_fn: Callable[[Array], Array] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        use_bias: bool = True,
+        activation_fn: Callable[[Array], Array] = jnp.tanh,
+        kernel_init: Callable[..., Array] = default_kernel_init,
+        recurrent_kernel_init: Callable[..., Array] = default_recurrent_kernel_init,
+        bias_init: Callable[..., Array] = default_bias_init,
+        carry_init: Callable[..., Array] | None = None,
+        residual: bool = False,
+        dtype: Any = None,
+        *,
+        key: PRNGKeyArray,
+    ):
+        """**Arguments:**
+
+        - `input_size`: the size of the input at each time step.
+        - `hidden_size`: the size of the hidden state.
+        - `use_bias`: whether to use `bias`.
+        - `activation_fn`: the nonlinearity $\\phi$ (default `jnp.tanh`).
+        - `kernel_init`: initialiser `init(key, (input_size, hidden_size), dtype)`
+            for the input weights (default LeCun normal, as Flax).
+        - `recurrent_kernel_init`: the same for the `(hidden_size, hidden_size)`
+            recurrent weights (default orthogonal, as Flax).
+        - `bias_init`: initialiser for `bias` (default zeros, as Flax).
+        - `carry_init`: if given, initialiser for the starting hidden state, drawn
+            once here and stored as the trainable `initial_hidden`; else zeros.
+        - `residual`: add `h` to the pre-activation, as Flax's `residual=True`.
+        - `dtype`: the parameters' dtype; default float32 (float64 with
+            `jax_enable_x64`).
+        - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
+        """
+        if not isinstance(residual, bool):
+            raise TypeError(f"SimpleCell: `residual` must be a bool, got {residual!r}.")
+        params = init_parameters(
+            "SimpleCell",
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_gates=1,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            recurrent_kernel_init=recurrent_kernel_init,
+            bias_init=bias_init,
+            carry_init=carry_init,
+            hidden_shapes=((hidden_size,),),
+            dtype=dtype,
+            key=key,
+        )
+        self.weight_ih = params.weight_ih
+        self.weight_hh = params.weight_hh
+        self.bias = params.bias
+        self.initial_hidden = params.initial_hidden  # pyright: ignore[reportAttributeAccessIssue]
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.use_bias = use_bias
+        self.residual = residual
+        self.activation_fn = activation_fn
+
+    @property
+    def dtype(self) -> Any:
+        return self.weight_hh.dtype
+
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,),)
+
+    def project_inputs(
+        self, inputs: Float[Array, "*time input_size"]
+    ) -> Float[Array, "*time hidden_size"]:
+        return linear_inputs(self.weight_ih, self.bias, inputs)
+
+    def step(
+        self, projected: Float[Array, " hidden_size"], hidden: HiddenArray
+    ) -> HiddenArray:
+        pre = projected + self.weight_hh @ hidden
+        if self.residual:
+            pre = pre + hidden
+        return self.activation_fn(pre)

@@ -1,0 +1,42 @@
+"""Test configuration.
+
+pytest's `addopts` turn on jaxtyping + beartype run-time checking for the whole
+`eqrnn` package (`--jaxtyping-packages=eqrnn,beartype.beartype`) and `filterwarnings`
+makes every warning an error. float64 is enabled so references can be compared to
+1e-10; tests that need float32 ask for it explicitly.
+"""
+
+import random
+
+import jax
+import jax.random as jr
+import jaxtyping
+import pytest
+
+
+jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture
+def getkey():
+    """A function returning a fresh key each call; the seed shows in failures."""
+    seed = random.randint(0, 2**31 - 1)
+    print(f"getkey seed: {seed}")
+    key = jr.key(seed)
+    counter = iter(range(10**9))
+
+    def _getkey():
+        return jr.fold_in(key, next(counter))
+
+    return _getkey
+
+
+@pytest.fixture
+def no_jaxtyping():
+    """Switch the test-suite's jaxtyping hook off for a block, to exercise the checks
+    the library itself runs for every user (with or without jaxtyping)."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
