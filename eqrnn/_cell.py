@@ -131,55 +131,65 @@ default_recurrent_kernel_init = jax.nn.initializers.orthogonal()
 default_bias_init = jax.nn.initializers.zeros
 
 
-class Parameters(eqx.Module):
-    """What `init_parameters` draws; unpacked straight into a cell's fields."""
+class StackedGatesCell(AbstractCell):
+    """A cell whose input projection is `weight_ih @ x + bias`, gates stacked on
+    axis 0 of its weights in PyTorch's layout. Its hidden state is one array unless
+    `hidden_shapes` says otherwise."""
 
-    weight_ih: Array
-    weight_hh: Array
-    bias: Array | None
-    initial_hidden: Hidden | None
-    dtype: Any = eqx.field(static=True)
+    weight_ih: eqx.AbstractVar[Array]
+    weight_hh: eqx.AbstractVar[Array]
+    bias: eqx.AbstractVar[Array | None]
+    use_bias: eqx.AbstractVar[bool]
 
-
-def init_parameters(
-    cell_name: str,
-    *,
-    input_size: int,
-    hidden_size: int,
-    num_gates: int,
-    use_bias: bool,
-    kernel_init: Callable[..., Array],
-    recurrent_kernel_init: Callable[..., Array],
-    bias_init: Callable[..., Array],
-    carry_init: Callable[..., Array] | None,
-    hidden_shapes: tuple[tuple[int, ...], ...],
-    dtype: Any,
-    key: PRNGKeyArray,
-) -> Parameters:
-    """Check a cell's sizes and draw its weights in PyTorch's gate-stacked layout."""
-    check_size("input_size", input_size)
-    check_size("hidden_size", hidden_size)
-    if not isinstance(use_bias, bool):
-        raise TypeError(f"{cell_name}: `use_bias` must be a bool, got {use_bias!r}.")
-    dtype = resolve_dtype(dtype)
-    ikey, hkey, bkey, ckey = jr.split(key, 4)
-    size = num_gates * hidden_size
-    return Parameters(
-        weight_ih=gate_kernels(
+    def _init_parameters(
+        self,
+        *,
+        input_size: int,
+        hidden_size: int,
+        num_gates: int,
+        use_bias: bool,
+        kernel_init: Callable[..., Array],
+        recurrent_kernel_init: Callable[..., Array],
+        bias_init: Callable[..., Array],
+        carry_init: Callable[..., Array] | None,
+        dtype: Any,
+        key: PRNGKeyArray,
+        **settings: Any,
+    ) -> None:
+        """Check the sizes, draw the weights and set every field; for `__init__`."""
+        name = type(self).__name__
+        check_size("input_size", input_size)
+        check_size("hidden_size", hidden_size)
+        if not isinstance(use_bias, bool):
+            raise TypeError(f"{name}: `use_bias` must be a bool, got {use_bias!r}.")
+        dtype = resolve_dtype(dtype)
+        ikey, hkey, bkey, ckey = jr.split(key, 4)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.use_bias = use_bias
+        for setting, value in settings.items():
+            setattr(self, setting, value)
+        self.weight_ih = gate_kernels(
             kernel_init, ikey, input_size, hidden_size, num_gates, dtype
-        ),
-        weight_hh=gate_kernels(
+        )
+        self.weight_hh = gate_kernels(
             recurrent_kernel_init, hkey, hidden_size, hidden_size, num_gates, dtype
-        ),
-        bias=make_bias(bias_init, bkey, size, dtype) if use_bias else None,
-        initial_hidden=make_initial_hidden(carry_init, ckey, hidden_shapes, dtype),
-        dtype=dtype,
-    )
+        )
+        size = num_gates * hidden_size
+        self.bias = make_bias(bias_init, bkey, size, dtype) if use_bias else None
+        self.initial_hidden = make_initial_hidden(
+            carry_init, ckey, self.hidden_shapes(), dtype
+        )
 
+    @property
+    def dtype(self) -> Any:
+        return self.weight_hh.dtype
 
-def linear_inputs(
-    weight_ih: Array, bias: Array | None, inputs: Float[Array, "*time input_size"]
-) -> Float[Array, "*time projected"]:
-    """`inputs @ weight_ih.T + bias` over any number of leading axes."""
-    out = inputs @ weight_ih.T
-    return out if bias is None else out + bias
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,),)
+
+    def project_inputs(
+        self, inputs: Float[Array, "*time input_size"]
+    ) -> Float[Array, "*time projected"]:
+        out = inputs @ self.weight_ih.T
+        return out if self.bias is None else out + self.bias

@@ -8,18 +8,16 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
-    AbstractCell,
+    StackedGatesCell,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
-    init_parameters,
-    linear_inputs,
 )
 from ._custom_types import HiddenArray
 from ._misc import make_bias
 
 
-class GRUCell(AbstractCell):
+class GRUCell(StackedGatesCell):
     r"""A gated recurrent unit, reset-after form (as PyTorch, cuDNN and Equinox).
 
     $$\begin{aligned}
@@ -89,8 +87,7 @@ class GRUCell(AbstractCell):
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
-        params = init_parameters(
-            "GRUCell",
+        self._init_parameters(
             input_size=input_size,
             hidden_size=hidden_size,
             num_gates=3,
@@ -99,36 +96,16 @@ class GRUCell(AbstractCell):
             recurrent_kernel_init=recurrent_kernel_init,
             bias_init=bias_init,
             carry_init=carry_init,
-            hidden_shapes=((hidden_size,),),
             dtype=dtype,
             key=key,
+            gate_fn=gate_fn,
+            activation_fn=activation_fn,
         )
-        self.weight_ih = params.weight_ih
-        self.weight_hh = params.weight_hh
-        self.bias = params.bias
         self.bias_hn = (
-            make_bias(bias_init, jr.fold_in(key, 1), hidden_size, params.dtype)
+            make_bias(bias_init, jr.fold_in(key, 1), hidden_size, self.dtype)
             if use_bias
             else None
         )
-        self.initial_hidden = params.initial_hidden  # pyright: ignore[reportAttributeAccessIssue]
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.use_bias = use_bias
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-
-    @property
-    def dtype(self) -> Any:
-        return self.weight_hh.dtype
-
-    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,),)
-
-    def project_inputs(
-        self, inputs: Float[Array, "*time input_size"]
-    ) -> Float[Array, "*time three_hidden"]:
-        return linear_inputs(self.weight_ih, self.bias, inputs)
 
     def step(
         self, projected: Float[Array, " three_hidden"], hidden: HiddenArray

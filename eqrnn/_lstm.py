@@ -7,17 +7,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
-    AbstractCell,
+    StackedGatesCell,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
-    init_parameters,
-    linear_inputs,
 )
 from ._custom_types import HiddenArray
 
 
-class LSTMCell(AbstractCell):
+class LSTMCell(StackedGatesCell):
     r"""A long short-term memory cell, with one fused matmul per step.
 
     $$\begin{aligned}
@@ -102,8 +100,7 @@ class LSTMCell(AbstractCell):
                 f"LSTMCell: `forget_bias={forget_bias}` needs `use_bias=True`; it is "
                 "stored in the bias."
             )
-        params = init_parameters(
-            "LSTMCell",
+        self._init_parameters(
             input_size=input_size,
             hidden_size=hidden_size,
             num_gates=4,
@@ -112,34 +109,16 @@ class LSTMCell(AbstractCell):
             recurrent_kernel_init=recurrent_kernel_init,
             bias_init=bias_init,
             carry_init=carry_init,
-            hidden_shapes=((hidden_size,), (hidden_size,)),
             dtype=dtype,
             key=key,
+            gate_fn=gate_fn,
+            activation_fn=activation_fn,
         )
-        bias = params.bias
-        if bias is not None and forget_bias != 0:
-            bias = bias.at[hidden_size : 2 * hidden_size].add(forget_bias)
-        self.weight_ih = params.weight_ih
-        self.weight_hh = params.weight_hh
-        self.bias = bias
-        self.initial_hidden = params.initial_hidden  # pyright: ignore[reportAttributeAccessIssue]
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.use_bias = use_bias
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-
-    @property
-    def dtype(self) -> Any:
-        return self.weight_hh.dtype
+        if self.bias is not None and forget_bias != 0:
+            self.bias = self.bias.at[hidden_size : 2 * hidden_size].add(forget_bias)
 
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         return ((self.hidden_size,), (self.hidden_size,))
-
-    def project_inputs(
-        self, inputs: Float[Array, "*time input_size"]
-    ) -> Float[Array, "*time four_hidden"]:
-        return linear_inputs(self.weight_ih, self.bias, inputs)
 
     def step(
         self,

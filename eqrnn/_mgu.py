@@ -7,17 +7,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
-    AbstractCell,
+    StackedGatesCell,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
-    init_parameters,
-    linear_inputs,
 )
 from ._custom_types import HiddenArray
 
 
-class MGUCell(AbstractCell):
+class MGUCell(StackedGatesCell):
     r"""A minimal gated unit (Zhou et al. 2016, "Minimal Gated Unit for Recurrent
     Neural Networks", eq. 7): a GRU whose reset and update gates are one gate.
 
@@ -83,8 +81,7 @@ class MGUCell(AbstractCell):
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
-        params = init_parameters(
-            "MGUCell",
+        self._init_parameters(
             input_size=input_size,
             hidden_size=hidden_size,
             num_gates=2,
@@ -93,31 +90,11 @@ class MGUCell(AbstractCell):
             recurrent_kernel_init=recurrent_kernel_init,
             bias_init=bias_init,
             carry_init=carry_init,
-            hidden_shapes=((hidden_size,),),
             dtype=dtype,
             key=key,
+            gate_fn=gate_fn,
+            activation_fn=activation_fn,
         )
-        self.weight_ih = params.weight_ih
-        self.weight_hh = params.weight_hh
-        self.bias = params.bias
-        self.initial_hidden = params.initial_hidden  # pyright: ignore[reportAttributeAccessIssue]
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.use_bias = use_bias
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-
-    @property
-    def dtype(self) -> Any:
-        return self.weight_hh.dtype
-
-    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,),)
-
-    def project_inputs(
-        self, inputs: Float[Array, "*time input_size"]
-    ) -> Float[Array, "*time two_hidden"]:
-        return linear_inputs(self.weight_ih, self.bias, inputs)
 
     def step(
         self, projected: Float[Array, " two_hidden"], hidden: HiddenArray

@@ -6,17 +6,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
-    AbstractCell,
+    StackedGatesCell,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
-    init_parameters,
-    linear_inputs,
 )
 from ._custom_types import HiddenArray
 
 
-class SimpleCell(AbstractCell):
+class SimpleCell(StackedGatesCell):
     r"""An Elman cell: $h' = \phi(W_{ih} x + W_{hh} h + b)$.
 
     With `residual=True`, $h' = \phi(W_{ih} x + W_{hh} h + b + h)$, as Flax's
@@ -78,8 +76,7 @@ class SimpleCell(AbstractCell):
         """
         if not isinstance(residual, bool):
             raise TypeError(f"SimpleCell: `residual` must be a bool, got {residual!r}.")
-        params = init_parameters(
-            "SimpleCell",
+        self._init_parameters(
             input_size=input_size,
             hidden_size=hidden_size,
             num_gates=1,
@@ -88,31 +85,11 @@ class SimpleCell(AbstractCell):
             recurrent_kernel_init=recurrent_kernel_init,
             bias_init=bias_init,
             carry_init=carry_init,
-            hidden_shapes=((hidden_size,),),
             dtype=dtype,
             key=key,
+            residual=residual,
+            activation_fn=activation_fn,
         )
-        self.weight_ih = params.weight_ih
-        self.weight_hh = params.weight_hh
-        self.bias = params.bias
-        self.initial_hidden = params.initial_hidden  # pyright: ignore[reportAttributeAccessIssue]
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.use_bias = use_bias
-        self.residual = residual
-        self.activation_fn = activation_fn
-
-    @property
-    def dtype(self) -> Any:
-        return self.weight_hh.dtype
-
-    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,),)
-
-    def project_inputs(
-        self, inputs: Float[Array, "*time input_size"]
-    ) -> Float[Array, "*time hidden_size"]:
-        return linear_inputs(self.weight_ih, self.bias, inputs)
 
     def step(
         self, projected: Float[Array, " hidden_size"], hidden: HiddenArray
