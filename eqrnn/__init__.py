@@ -4,6 +4,12 @@ import importlib.metadata
 
 from ._cell import AbstractCell as AbstractCell
 from ._gru import GRUCell as GRUCell
+from ._layers import (
+    RNN as RNN,
+    Bidirectional as Bidirectional,
+    StackedRNN as StackedRNN,
+    flip_sequence as flip_sequence,
+)
 from ._lstm import LSTMCell as LSTMCell
 from ._mgu import MGUCell as MGUCell
 from ._scan import scan_all_hidden as scan_all_hidden, scan_last as scan_last
@@ -14,11 +20,15 @@ __version__ = importlib.metadata.version("eqrnn")
 
 __all__ = [
     "AbstractCell",
+    "Bidirectional",
     "GRUCell",
     "LSTMCell",
     "MGUCell",
+    "RNN",
     "SimpleCell",
+    "StackedRNN",
     "__version__",
+    "flip_sequence",
     "scan_all_hidden",
     "scan_last",
 ]

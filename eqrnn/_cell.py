@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._custom_types import Hidden, HiddenArray, HiddenLike, Input
+from ._custom_types import Hidden, HiddenLike, Input
 from ._misc import (
     check_hidden,
     check_input,
@@ -72,7 +72,7 @@ class AbstractCell(eqx.Module):
         zeros = tuple(jnp.zeros(s, self.dtype) for s in self.hidden_shapes())
         return zeros[0] if len(zeros) == 1 else zeros  # pyright: ignore[reportReturnType]
 
-    def output(self, hidden: Hidden) -> HiddenArray:
+    def output(self, hidden: Hidden) -> Float[Array, " output_size"]:
         """What the layer above sees of a hidden state: `h` (identity here).
 
         **Arguments:**
@@ -81,7 +81,7 @@ class AbstractCell(eqx.Module):
 
         **Returns:**
 
-        An array of shape `(hidden_size,)`.
+        An array of shape `(hidden_size,)` (`(proj_size,)` for a projecting LSTM).
         """
         return hidden  # pyright: ignore[reportReturnType]
 
@@ -154,6 +154,7 @@ class StackedGatesCell(AbstractCell):
         carry_init: Callable[..., Array] | None,
         dtype: Any,
         key: PRNGKeyArray,
+        recurrent_size: int | None = None,
         **settings: Any,
     ) -> None:
         """Check the sizes, draw the weights and set every field; for `__init__`."""
@@ -173,7 +174,12 @@ class StackedGatesCell(AbstractCell):
             kernel_init, ikey, input_size, hidden_size, num_gates, dtype
         )
         self.weight_hh = gate_kernels(
-            recurrent_kernel_init, hkey, hidden_size, hidden_size, num_gates, dtype
+            recurrent_kernel_init,
+            hkey,
+            hidden_size if recurrent_size is None else recurrent_size,
+            hidden_size,
+            num_gates,
+            dtype,
         )
         size = num_gates * hidden_size
         self.bias = make_bias(bias_init, bkey, size, dtype) if use_bias else None

@@ -10,11 +10,15 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 Input: TypeAlias = Float[ArrayLike, " input_size"]
 Inputs: TypeAlias = Float[ArrayLike, "time input_size"]
 HiddenArray: TypeAlias = Float[Array, " hidden_size"]
-# LSTM carries `(h, c)`; other cells carry one array.
-Hidden: TypeAlias = HiddenArray | tuple[HiddenArray, HiddenArray]
+# LSTM carries `(h, c)`; `h` has `proj_size` entries when the LSTM projects, and
+# `output_size` names that size wherever either kind of hidden state is accepted.
+LSTMHidden: TypeAlias = tuple[
+    Float[Array, " output_size"], Float[Array, " hidden_size"]
+]
+Hidden: TypeAlias = Float[Array, " output_size"] | LSTMHidden
 HiddenLike: TypeAlias = (
-    Float[ArrayLike, " hidden_size"]
-    | tuple[Float[ArrayLike, " hidden_size"], Float[ArrayLike, " hidden_size"]]
+    Float[ArrayLike, " output_size"]
+    | tuple[Float[ArrayLike, " output_size"], Float[ArrayLike, " hidden_size"]]
 )
 Hiddens: TypeAlias = (
     Float[Array, "time hidden_size"]

@@ -4,6 +4,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
@@ -12,7 +13,8 @@ from ._cell import (
     default_kernel_init,
     default_recurrent_kernel_init,
 )
-from ._custom_types import HiddenArray
+from ._custom_types import LSTMHidden
+from ._misc import check_size, gate_kernels
 
 
 class LSTMCell(StackedGatesCell):
@@ -33,6 +35,10 @@ class LSTMCell(StackedGatesCell):
     `weight_ih` is `(4 * hidden_size, input_size)`, `weight_hh` is `(4 * hidden_size,
     hidden_size)`, and the single `bias` is PyTorch's `bias_ih + bias_hh`.
 
+    With `proj_size` (PyTorch's LSTM with projections, Sak et al. 2014), $h' =
+    W_{hr}(o \odot \tanh(c'))$ has `proj_size` entries: `weight_hr` is `(proj_size,
+    hidden_size)` and `weight_hh` is `(4 * hidden_size, proj_size)`.
+
     !!! example
 
         ```python
@@ -42,16 +48,16 @@ class LSTMCell(StackedGatesCell):
     """
 
     weight_ih: Float[Array, "four_hidden input_size"]
-    weight_hh: Float[Array, "four_hidden hidden_size"]
+    weight_hh: Float[Array, "four_hidden output_size"]
     bias: Float[Array, " four_hidden"] | None
-    initial_hidden: (
-        tuple[Float[Array, " hidden_size"], Float[Array, " hidden_size"]] | None
-    )
+    weight_hr: Float[Array, "output_size hidden_size"] | None
+    initial_hidden: LSTMHidden | None
     input_size: int = eqx.field(static=True)
     hidden_size: int = eqx.field(static=True)
     use_bias: bool = eqx.field(static=True)
     gate_fn: Callable[[Array], Array] = eqx.field(static=True)
     activation_fn: Callable[[Array], Array] = eqx.field(static=True)
+    proj_size: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -65,6 +71,7 @@ class LSTMCell(StackedGatesCell):
         bias_init: Callable[..., Array] = default_bias_init,
         carry_init: Callable[..., Array] | None = None,
         forget_bias: float = 0.0,
+        proj_size: int | None = None,
         dtype: Any = None,
         *,
         key: PRNGKeyArray,
@@ -87,6 +94,8 @@ class LSTMCell(StackedGatesCell):
             (1.0 is the common choice for long memories; the default 0.0 matches
             Flax and PyTorch). It is a parameter from then on, never added at run
             time. Needs `use_bias=True` unless it is 0.
+        - `proj_size`: if given, project `h` down to this many entries with
+            `weight_hr` (initialised with `kernel_init`), as PyTorch's `proj_size`.
         - `dtype`: the parameters' dtype; default float32 (float64 with
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
@@ -100,6 +109,14 @@ class LSTMCell(StackedGatesCell):
                 f"LSTMCell: `forget_bias={forget_bias}` needs `use_bias=True`; it is "
                 "stored in the bias."
             )
+        if proj_size is not None:
+            check_size("proj_size", proj_size)
+            if proj_size >= hidden_size:
+                raise ValueError(
+                    f"LSTMCell: `proj_size` must be smaller than `hidden_size` "
+                    f"({hidden_size}), got {proj_size}."
+                )
+        self.proj_size = proj_size
         self._init_parameters(
             input_size=input_size,
             hidden_size=hidden_size,
@@ -111,20 +128,29 @@ class LSTMCell(StackedGatesCell):
             carry_init=carry_init,
             dtype=dtype,
             key=key,
+            recurrent_size=proj_size,
             gate_fn=gate_fn,
             activation_fn=activation_fn,
+        )
+        self.weight_hr = (
+            None
+            if proj_size is None
+            else gate_kernels(
+                kernel_init, jr.fold_in(key, 2), hidden_size, proj_size, 1, self.dtype
+            )
         )
         if self.bias is not None and forget_bias != 0:
             self.bias = self.bias.at[hidden_size : 2 * hidden_size].add(forget_bias)
 
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,), (self.hidden_size,))
+        out = self.hidden_size if self.proj_size is None else self.proj_size
+        return ((out,), (self.hidden_size,))
 
     def step(
         self,
         projected: Float[Array, " four_hidden"],
-        hidden: tuple[HiddenArray, HiddenArray],
-    ) -> tuple[HiddenArray, HiddenArray]:
+        hidden: LSTMHidden,
+    ) -> LSTMHidden:
         h, c = hidden
         hs = self.hidden_size
         z = projected + self.weight_hh @ h
@@ -133,9 +159,10 @@ class LSTMCell(StackedGatesCell):
         g = self.activation_fn(z[2 * hs : 3 * hs])
         o = self.gate_fn(z[3 * hs :])
         c = f * c + i * g
-        return o * self.activation_fn(c), c
+        h = o * self.activation_fn(c)
+        return (h if self.weight_hr is None else self.weight_hr @ h), c
 
-    def output(self, hidden: tuple[HiddenArray, HiddenArray]) -> HiddenArray:  # pyright: ignore[reportIncompatibleMethodOverride]
+    def output(self, hidden: LSTMHidden) -> Float[Array, " output_size"]:  # pyright: ignore[reportIncompatibleMethodOverride]
         """What the layer above sees: `h` of `(h, c)`.
 
         **Arguments:**
@@ -144,6 +171,6 @@ class LSTMCell(StackedGatesCell):
 
         **Returns:**
 
-        `h`, of shape `(hidden_size,)`.
+        `h`, of shape `(hidden_size,)`, or `(proj_size,)` with a projection.
         """
         return hidden[0]

@@ -88,7 +88,7 @@ def _check_inputs(cell: Any, inputs: Any, where: str) -> Array:
     return inputs
 
 
-def _check_length(length: Any, num_steps: int, where: str) -> Array | None:
+def check_length(length: Any, num_steps: int, where: str) -> Array | None:
     if length is None:
         return None
     if isinstance(length, bool) or not jnp.issubdtype(
@@ -134,7 +134,7 @@ def _check_resets(resets: Any, num_steps: int, where: str) -> Array | None:
     return resets
 
 
-def _chunk_length(checkpoint: Any, num_steps: int, where: str) -> int | None:
+def chunk_length(checkpoint: Any, num_steps: int, where: str) -> int | None:
     if checkpoint is False:
         return None
     if checkpoint is True:
@@ -147,7 +147,7 @@ def _chunk_length(checkpoint: Any, num_steps: int, where: str) -> int | None:
     )
 
 
-def _check_unroll(unroll: Any, where: str) -> None:
+def check_unroll(unroll: Any, where: str) -> None:
     if isinstance(unroll, bool):
         return
     if not isinstance(unroll, int) or unroll < 1:
@@ -156,7 +156,7 @@ def _check_unroll(unroll: Any, where: str) -> None:
         )
 
 
-def _scan(
+def scan_with_final(
     cell: Callable[..., Any],
     inputs: Any,
     hidden: Any,
@@ -170,17 +170,19 @@ def _scan(
     stack: bool,
     where: str,
 ) -> tuple[Any, Any]:
+    """The final hidden state and (if `stack`) every step's, stacked; `where` names
+    the public function in error messages."""
     if not callable(cell):
         raise TypeError(f"{where}: `cell` must be callable, got {type(cell).__name__}.")
     if not isinstance(reverse, bool):
         raise TypeError(f"{where}: `reverse` must be a bool, got {reverse!r}.")
-    _check_unroll(unroll, where)
+    check_unroll(unroll, where)
     inputs = _check_inputs(cell, inputs, where)
     num_steps = inputs.shape[0]
     hidden, reset_state = _initial_hidden(cell, hidden, where)
-    length = _check_length(length, num_steps, where)
+    length = check_length(length, num_steps, where)
     resets = _check_resets(resets, num_steps, where)
-    chunk = _chunk_length(checkpoint, num_steps, where)
+    chunk = chunk_length(checkpoint, num_steps, where)
 
     valid = None if length is None else jnp.arange(num_steps) < length
     if valid is not None:
@@ -292,7 +294,7 @@ def scan_last(
     with the structure of `cell.init_hidden()`: shape `(hidden_size,)`, or for an LSTM
     the tuple `(h, c)`. With `length=0` it is the starting state.
     """
-    final, _ = _scan(
+    final, _ = scan_with_final(
         cell,
         inputs,
         hidden,
@@ -363,7 +365,7 @@ def scan_all_hidden(
     `(hs, cs)` of two such arrays. Padded steps are zero. Use `cell.output` under
     `jax.vmap` (or `hiddens[0]` for an LSTM) to get what a layer above would see.
     """
-    _, hiddens = _scan(
+    _, hiddens = scan_with_final(
         cell,
         inputs,
         hidden,

@@ -2,8 +2,10 @@
 
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 
 
@@ -34,3 +36,15 @@ def tolerance(dtype: Any) -> float:
         jnp.dtype(jnp.float32): 1e-5,
         jnp.dtype(jnp.bfloat16): 2e-2,
     }[jnp.dtype(dtype)]
+
+
+def random_params(module: Any, key: Any, scale: float = 0.5) -> Any:
+    """Replace every floating array of `module` with random non-zero values, so that
+    comparisons exercise every weight and bias (default biases are zero)."""
+    leaves, treedef = jax.tree.flatten(module)
+    keys = jr.split(key, len(leaves))
+    new = [
+        scale * jr.normal(k, x.shape, x.dtype) if eqx.is_inexact_array(x) else x
+        for k, x in zip(keys, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, new)

@@ -12,22 +12,11 @@ import pytest
 
 import eqrnn
 
-from .helpers import assert_tree_allclose, tolerance
+from .helpers import assert_tree_allclose, random_params, tolerance
 
 
 CELLS = [eqrnn.SimpleCell, eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MGUCell]
 NUM_GATES = {eqrnn.SimpleCell: 1, eqrnn.GRUCell: 3, eqrnn.LSTMCell: 4, eqrnn.MGUCell: 2}
-
-
-def _random_params(cell, key):
-    """Replace every parameter with random non-zero values (biases included)."""
-    leaves, treedef = jax.tree.flatten(cell)
-    keys = jr.split(key, len(leaves))
-    new = [
-        0.5 * jr.normal(k, x.shape, x.dtype) if eqx.is_inexact_array(x) else x
-        for k, x in zip(keys, leaves, strict=True)
-    ]
-    return jax.tree.unflatten(treedef, new)
 
 
 def _sigmoid(x):
@@ -65,7 +54,7 @@ def _call(cell, x, hidden):
 
 @pytest.mark.parametrize("cls", CELLS)
 def test_cell_equals_numpy_equations_in_float64(cls, getkey):
-    cell = _random_params(cls(3, 4, key=getkey()), getkey())
+    cell = random_params(cls(3, 4, key=getkey()), getkey())
     x = jr.normal(getkey(), (3,))
     hidden = jax.tree.map(lambda z: jr.normal(getkey(), z.shape), cell.init_hidden())
     expected = _numpy_step(cell, np.asarray(x), jax.tree.map(np.asarray, hidden))
@@ -141,9 +130,9 @@ def test_lstm_forget_bias_is_stored_in_the_bias(getkey):
 
 def test_simple_cell_residual_and_activation(getkey):
     k1, k2 = getkey(), getkey()
-    cell = _random_params(eqrnn.SimpleCell(3, 4, key=k1), k2)
-    relu = _random_params(eqrnn.SimpleCell(3, 4, activation_fn=jax.nn.relu, key=k1), k2)
-    residual = _random_params(eqrnn.SimpleCell(3, 4, residual=True, key=k1), k2)
+    cell = random_params(eqrnn.SimpleCell(3, 4, key=k1), k2)
+    relu = random_params(eqrnn.SimpleCell(3, 4, activation_fn=jax.nn.relu, key=k1), k2)
+    residual = random_params(eqrnn.SimpleCell(3, 4, residual=True, key=k1), k2)
     x, h = jr.normal(getkey(), (3,)), jr.normal(getkey(), (4,))
     pre = cell.weight_ih @ x + cell.weight_hh @ h + cell.bias
     assert_tree_allclose(relu(x, h), jax.nn.relu(pre))
@@ -167,7 +156,7 @@ def test_dtype_is_kept_by_parameters_and_hidden_state(cls, dtype, getkey):
 
 @pytest.mark.parametrize("cls", CELLS)
 def test_float32_cell_matches_float64_cell(cls, getkey):
-    cell64 = _random_params(cls(3, 4, dtype=jnp.float64, key=getkey()), getkey())
+    cell64 = random_params(cls(3, 4, dtype=jnp.float64, key=getkey()), getkey())
     cell32 = jax.tree.map(
         lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x, cell64
     )

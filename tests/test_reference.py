@@ -11,7 +11,7 @@
 Weights are drawn at random, biases included, so that a wrongly mapped bias shows.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -70,6 +70,14 @@ def _dot(tree: Any, cotangent: Any) -> Any:
     return sum(jnp.sum(a * b) for a, b in pairs)
 
 
+def _torch_params(module: torch.nn.Module, suffix: str = "") -> list[torch.Tensor]:
+    """`[weight_ih, weight_hh, bias_ih, bias_hh]` (+ suffix, e.g. "_l0_reverse")."""
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    params = [getattr(module, name + suffix) for name in names]
+    assert all(isinstance(p, torch.Tensor) for p in params)
+    return params
+
+
 def _randomize_torch(module: torch.nn.Module, rng: np.random.Generator) -> None:
     """Every parameter, biases included, drawn from N(0, 0.5^2)."""
     with torch.no_grad():
@@ -82,7 +90,7 @@ def _randomize_torch(module: torch.nn.Module, rng: np.random.Generator) -> None:
 
 def _eqrnn_from_torch(
     kind: str,
-    weights: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    weights: Sequence[np.ndarray],
     dtype: Any,
     key: Any,
 ) -> eqrnn.AbstractCell:
@@ -112,7 +120,7 @@ def _eqrnn_from_torch(
 
 
 def _torch_grads_in_eqrnn_layout(
-    kind: str, tensors: tuple[torch.Tensor, ...]
+    kind: str, tensors: Sequence[torch.Tensor]
 ) -> dict[str, np.ndarray]:
     """PyTorch's gradients w.r.t. `(weight_ih, weight_hh, bias_ih, bias_hh)`, as the
     gradients w.r.t. the eqrnn parameters they map to.
@@ -167,8 +175,8 @@ def test_cell_step_and_gradients_match_torch_cell(kind, dtype, getkey):
     tdtype = TORCH_DTYPE[jnp.dtype(dtype)]
     tcell = _torch_cell(kind, tdtype)
     _randomize_torch(tcell, rng)
-    tparams = (tcell.weight_ih, tcell.weight_hh, tcell.bias_ih, tcell.bias_hh)
-    cell = _eqrnn_from_torch(kind, tuple(_np(t) for t in tparams), dtype, getkey())
+    tparams = _torch_params(tcell)
+    cell = _eqrnn_from_torch(kind, [_np(t) for t in tparams], dtype, getkey())
 
     num_states = 2 if kind == "lstm" else 1
     x = rng.normal(size=INPUT)
@@ -220,7 +228,7 @@ _FLAX_LSTM_INPUT = {"i": "ii", "f": "if_", "g": "ig", "o": "io"}
 _FLAX_LSTM_HIDDEN = {"i": "hi", "f": "hf", "g": "hg", "o": "ho"}
 
 
-def _flax_cell(kind: str, dtype: Any, seed: int) -> nnx.Module:
+def _flax_cell(kind: str, dtype: Any, seed: int) -> nnx.RNNCellBase:
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "param_dtype": dtype,
@@ -268,7 +276,7 @@ def _flax_to_eqrnn_layout(kind: str, state: Any) -> dict[str, Any]:
     }
 
 
-def _eqrnn_from_flax(kind: str, fcell: nnx.Module, dtype: Any, key: Any) -> Any:
+def _eqrnn_from_flax(kind: str, fcell: nnx.RNNCellBase, dtype: Any, key: Any) -> Any:
     params = _flax_to_eqrnn_layout(kind, nnx.state(fcell, nnx.Param))
     if kind in ("simple", "simple_residual"):
         cell = eqrnn.SimpleCell(
@@ -426,10 +434,9 @@ def test_scan_with_length_matches_torch_packed_bidirectional_rnn(
     is_lstm = kind == "lstm"
     tmod = _torch_rnn(kind)
     _randomize_torch(tmod, rng)
-    names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-    tparams = [tuple(getattr(tmod, n + sfx) for n in names) for sfx in ("", "_reverse")]
+    tparams = [_torch_params(tmod, sfx) for sfx in ("_l0", "_l0_reverse")]
     cells = tuple(
-        _eqrnn_from_torch(cell_kind, tuple(_np(t) for t in p), jnp.float64, getkey())
+        _eqrnn_from_torch(cell_kind, [_np(t) for t in p], jnp.float64, getkey())
         for p in tparams
     )
 

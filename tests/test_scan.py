@@ -13,20 +13,10 @@ from jax.test_util import check_grads
 
 import eqrnn
 
-from .helpers import assert_tree_allclose
+from .helpers import assert_tree_allclose, random_params
 
 
 CELLS = [eqrnn.SimpleCell, eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MGUCell]
-
-
-def _random_params(cell, key):
-    leaves, treedef = jax.tree.flatten(cell)
-    keys = jr.split(key, len(leaves))
-    new = [
-        0.5 * jr.normal(k, x.shape, x.dtype) if eqx.is_inexact_array(x) else x
-        for k, x in zip(keys, leaves, strict=True)
-    ]
-    return jax.tree.unflatten(treedef, new)
 
 
 def python_loop(cell, xs, hidden=None, length=None, reverse=False, resets=None):
@@ -73,7 +63,7 @@ OPTIONS = [
     "opts", OPTIONS, ids=["plain", "len-rev", "len-resets", "rev-resets"]
 )
 def test_scan_equals_python_loop_under_jit(cls, opts, getkey):
-    cell = _random_params(cls(3, 4, key=getkey()), getkey())
+    cell = random_params(cls(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (6, 3))
     resets = opts.get("resets")
     resets = None if resets is None else jnp.array(resets)
@@ -88,7 +78,7 @@ def test_scan_equals_python_loop_under_jit(cls, opts, getkey):
 
 @pytest.mark.parametrize("cls", [eqrnn.GRUCell, eqrnn.LSTMCell])
 def test_scan_from_a_given_hidden_state_with_unroll(cls, getkey):
-    cell = _random_params(cls(3, 4, key=getkey()), getkey())
+    cell = random_params(cls(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (6, 3))
     h0 = jax.tree.map(lambda z: jr.normal(getkey(), z.shape), cell.init_hidden())
     final, hiddens = _scan_both(
@@ -110,7 +100,7 @@ def test_length_zero_returns_the_starting_state_and_zero_states(getkey):
 
 
 def test_vmap_over_sequences_and_lengths_equals_per_example_loop(getkey):
-    cell = _random_params(eqrnn.GRUCell(3, 4, key=getkey()), getkey())
+    cell = random_params(eqrnn.GRUCell(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (4, 6, 3))
     lengths = jnp.array([6, 0, 3, 1])
 
@@ -127,7 +117,7 @@ def test_vmap_over_sequences_and_lengths_equals_per_example_loop(getkey):
 
 
 def test_resets_equal_running_the_pieces_separately(getkey):
-    cell = _random_params(eqrnn.LSTMCell(3, 4, key=getkey()), getkey())
+    cell = random_params(eqrnn.LSTMCell(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (7, 3))
     resets = jnp.zeros(7, bool).at[3].set(True)
     whole = eqrnn.scan_all_hidden(cell, xs, resets=resets)
@@ -138,7 +128,7 @@ def test_resets_equal_running_the_pieces_separately(getkey):
 
 
 def test_a_reset_in_the_padding_is_ignored(getkey):
-    cell = _random_params(eqrnn.GRUCell(3, 4, key=getkey()), getkey())
+    cell = random_params(eqrnn.GRUCell(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (6, 3))
     resets = jnp.zeros(6, bool).at[4].set(True)
     assert_tree_allclose(
@@ -149,7 +139,7 @@ def test_a_reset_in_the_padding_is_ignored(getkey):
 
 @pytest.mark.parametrize("cls", CELLS)
 def test_gradients_through_the_scan_pass_check_grads_in_float64(cls, getkey):
-    cell = _random_params(cls(3, 4, key=getkey()), getkey())
+    cell = random_params(cls(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (5, 3))
     params, static = eqx.partition(cell, eqx.is_inexact_array)
     weights = jr.normal(getkey(), (5, 4))
@@ -167,7 +157,7 @@ def test_gradients_through_the_scan_pass_check_grads_in_float64(cls, getkey):
 @pytest.mark.parametrize("cls", [eqrnn.GRUCell, eqrnn.LSTMCell])
 @pytest.mark.parametrize("checkpoint", [True, 3])
 def test_checkpoint_gives_the_same_values_and_gradients(cls, checkpoint, getkey):
-    cell = _random_params(cls(3, 4, key=getkey()), getkey())
+    cell = random_params(cls(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (10, 3))
     resets = jnp.zeros(10, bool).at[2].set(True)
 
@@ -229,7 +219,7 @@ def test_equinox_cells_are_accepted_unchanged(cls, getkey):
 
 
 def test_generic_callable_path_equals_the_fast_path(getkey):
-    cell = _random_params(eqrnn.LSTMCell(3, 4, key=getkey()), getkey())
+    cell = random_params(eqrnn.LSTMCell(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (6, 3))
 
     def wrapped(x, h, *, key=None):
@@ -377,7 +367,7 @@ def test_property_scan_equals_python_loop(cls, num_steps, hidden_size, data):
     )
     checkpoint = data.draw(st.sampled_from([False, True, 2]))
     k1, k2, k3 = jr.split(jr.key(seed), 3)
-    cell = _random_params(cls(2, hidden_size, key=k1), k2)
+    cell = random_params(cls(2, hidden_size, key=k1), k2)
     xs = jr.normal(k3, (num_steps, 2))
     resets = None if resets is None else jnp.array(resets)
     opts: dict[str, Any] = dict(

@@ -1,0 +1,489 @@
+"""Whole-sequence layers on top of the scan helpers, one sequence at a time."""
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Shaped
+
+from ._custom_types import Inputs, Length
+from ._scan import check_length, check_unroll, chunk_length, scan_with_final
+
+
+def flip_sequence(
+    inputs: Shaped[ArrayLike, "time ..."], length: Length | None = None
+) -> Shaped[Array, "time ..."]:
+    """Reverse the first `length` steps of a sequence and leave the padding after them
+    in place (Flax's `flip_sequences`, for one sequence; `jax.vmap` it for a batch).
+
+    !!! example
+
+        ```python
+        >>> import jax, jax.numpy as jnp, eqrnn
+        >>> inputs = jnp.array([[1, 0, 0], [2, 3, 0], [4, 5, 6]])
+        >>> lengths = jnp.array([1, 2, 3])
+        >>> jax.vmap(eqrnn.flip_sequence)(inputs, lengths)
+        Array([[1, 0, 0],
+               [3, 2, 0],
+               [6, 5, 4]], dtype=int32)
+
+        ```
+
+    **Arguments:**
+
+    - `inputs`: one sequence, time on axis 0, any dtype and trailing axes.
+    - `length`: the number of valid steps, an integer in `[0, time]`; default all.
+
+    **Returns:**
+
+    An array like `inputs` whose step `t < length` is step `length - 1 - t` of
+    `inputs`, and whose other steps are those of `inputs`.
+    """
+    inputs = jnp.asarray(inputs)
+    if inputs.ndim < 1:
+        raise ValueError(
+            "flip_sequence: `inputs` must have a time axis (axis 0), got a scalar."
+        )
+    num_steps = inputs.shape[0]
+    length = check_length(length, num_steps, "flip_sequence")
+    if length is None:
+        return jnp.flip(inputs, axis=0)
+    t = jnp.arange(num_steps)
+    return inputs[jnp.where(t < length, length - 1 - t, t)]
+
+
+def _outputs(cell: Any, hiddens: Any) -> Any:
+    """What the layer above sees of every step: `cell.output`, under vmap."""
+    if hasattr(cell, "output"):
+        return jax.vmap(cell.output)(hiddens)
+    if isinstance(hiddens, tuple):  # Equinox's LSTMCell: (h, c)
+        return hiddens[0]
+    return hiddens
+
+
+def _check_static(where: str, **flags: Any) -> None:
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{where}: `{name}` must be a bool, got {value!r}.")
+
+
+class RNN(eqx.Module):
+    """A cell run over a whole sequence, as Flax NNX's `nnx.RNN`, for one sequence.
+
+    !!! example
+
+        ```python
+        rnn = eqrnn.RNN(eqrnn.GRUCell(3, 8, key=jax.random.key(0)))
+        outputs = rnn(jnp.ones((10, 3)), length=7)  # (10, 8), zero after step 7
+        ```
+    """
+
+    cell: Callable[..., Any]
+    reverse: bool = eqx.field(static=True)
+    keep_order: bool = eqx.field(static=True)
+    return_hidden: bool = eqx.field(static=True)
+    unroll: int | bool = eqx.field(static=True)
+    checkpoint: bool | int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        cell: Callable[..., Any],
+        *,
+        reverse: bool = False,
+        keep_order: bool = False,
+        return_hidden: bool = False,
+        unroll: int | bool = 1,
+        checkpoint: bool | int = False,
+    ):
+        """**Arguments:**
+
+        - `cell`: an eqrnn cell, or any callable `cell(input, hidden, *, key=None)`
+            (e.g. `equinox.nn.GRUCell`).
+        - `reverse`: run from the last valid step to the first.
+        - `keep_order`: with `reverse=True`, return the outputs aligned with the
+            inputs (`outputs[t]` belongs to `inputs[t]`). Without it they come in the
+            order they were computed, `outputs[0]` belonging to the last valid step,
+            as in Flax (padding stays at the end either way).
+        - `return_hidden`: also return the final hidden state.
+        - `unroll`: steps unrolled per iteration of `jax.lax.scan`.
+        - `checkpoint`: as in `scan_all_hidden`: recompute in the backward pass,
+            memory growing as `sqrt(time)`.
+        """
+        if not callable(cell):
+            raise TypeError(f"RNN: `cell` must be callable, got {type(cell).__name__}.")
+        _check_static(
+            "RNN", reverse=reverse, keep_order=keep_order, return_hidden=return_hidden
+        )
+        check_unroll(unroll, "RNN")
+        chunk_length(checkpoint, 1, "RNN")
+        self.cell = cell
+        self.reverse = reverse
+        self.keep_order = keep_order
+        self.return_hidden = return_hidden
+        self.unroll = unroll
+        self.checkpoint = checkpoint
+
+    def run(
+        self,
+        inputs: Inputs,
+        hidden: PyTree[Float[ArrayLike, "..."]] | None = None,
+        *,
+        length: Length | None = None,
+        resets: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
+        reverse: bool | None = None,
+        keep_order: bool | None = None,
+    ) -> tuple[Float[Array, "time output_size"], PyTree[Float[Array, "..."]]]:
+        """`(outputs, final_hidden)`, whatever `return_hidden` says; `reverse` and
+        `keep_order` override the layer's own settings (as `Bidirectional` needs).
+
+        **Arguments:**
+
+        - `inputs`, `hidden`, `length`, `resets`, `key`: as for `__call__`.
+        - `reverse`: the direction to run in; default the layer's own.
+        - `keep_order`: whether reversed outputs stay aligned with the inputs;
+            default the layer's own.
+
+        **Returns:**
+
+        The outputs of every step, shape `(time, output_size)`, and the final hidden
+        state.
+        """
+        reverse = self.reverse if reverse is None else reverse
+        keep_order = self.keep_order if keep_order is None else keep_order
+        final, hiddens = scan_with_final(
+            self.cell,
+            inputs,
+            hidden,
+            length=length,
+            reverse=reverse,
+            resets=resets,
+            unroll=self.unroll,
+            checkpoint=self.checkpoint,
+            key=key,
+            stack=True,
+            where="RNN",
+        )
+        outputs = _outputs(self.cell, hiddens)
+        if reverse and not keep_order:
+            outputs = flip_sequence(outputs, length)
+        return outputs, final
+
+    def __call__(
+        self,
+        inputs: Inputs,
+        *,
+        hidden: PyTree[Float[ArrayLike, "..."]] | None = None,
+        length: Length | None = None,
+        resets: ArrayLike | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> (
+        Float[Array, "time output_size"]
+        | tuple[Float[Array, "time output_size"], PyTree[Float[Array, "..."]]]
+    ):
+        """**Arguments:**
+
+        - `inputs`: one sequence, shape `(time, input_size)`.
+        - `hidden`: the starting state; default `cell.init_hidden()`.
+        - `length`: the number of valid steps; the rest is padding, skipped, and zero
+            in the outputs.
+        - `resets`: booleans of shape `(time,)`: start again from
+            `cell.init_hidden()` at these steps.
+        - `key`: passed on, one key per step, to stochastic cells.
+
+        **Returns:**
+
+        The outputs (`cell.output` of every step's hidden state), shape `(time,
+        output_size)`; with `return_hidden=True`, the tuple `(outputs,
+        final_hidden)`.
+        """
+        outputs, final = self.run(inputs, hidden, length=length, resets=resets, key=key)
+        return (outputs, final) if self.return_hidden else outputs
+
+
+def _concatenate(a: Array, b: Array) -> Array:
+    return jnp.concatenate([a, b], axis=-1)
+
+
+def _mean(a: Array, b: Array) -> Array:
+    return (a + b) / 2
+
+
+_MERGES: dict[str, Callable[[Array, Array], Array]] = {
+    "concat": _concatenate,
+    "sum": jnp.add,
+    "mean": _mean,
+    "product": jnp.multiply,
+}
+
+
+class Bidirectional(eqx.Module):
+    """Two `RNN`s over one sequence, one forwards and one backwards, merged per step,
+    as Flax NNX's `nnx.Bidirectional` and PyTorch's `bidirectional=True`.
+
+    The backward RNN runs over the valid part only, from its last step to its first;
+    its outputs are aligned with the inputs before merging, so `outputs[t]` merges
+    both directions' states at step `t`. Padded steps are zero.
+
+    !!! example
+
+        ```python
+        k1, k2 = jax.random.split(jax.random.key(0))
+        bi = eqrnn.Bidirectional(
+            eqrnn.RNN(eqrnn.LSTMCell(3, 8, key=k1)),
+            eqrnn.RNN(eqrnn.LSTMCell(3, 8, key=k2)),
+        )
+        outputs = bi(jnp.ones((10, 3)), length=7)  # (10, 16)
+        ```
+    """
+
+    forward: RNN
+    backward: RNN
+    merge: Callable[[Array, Array], Array] = eqx.field(static=True)
+    return_hidden: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        forward: RNN,
+        backward: RNN,
+        *,
+        merge: Literal["concat", "sum", "mean", "product"]
+        | Callable[[Array, Array], Array] = "concat",
+        return_hidden: bool = False,
+    ):
+        """**Arguments:**
+
+        - `forward`: the forward `RNN`; it must not have `reverse=True`.
+        - `backward`: the backward `RNN`. It always runs backwards with its outputs
+            aligned to the inputs, whatever its `reverse` and `keep_order` say (as in
+            Flax); its `unroll` and `checkpoint` are used.
+        - `merge`: how the two directions' outputs combine per step: `"concat"`
+            (default, on the last axis), `"sum"`, `"mean"`, `"product"`, or a
+            callable `merge(forward_outputs, backward_outputs)`.
+        - `return_hidden`: also return both final hidden states.
+        """
+        for name, rnn in (("forward", forward), ("backward", backward)):
+            if not isinstance(rnn, RNN):
+                raise TypeError(
+                    f"Bidirectional: `{name}` must be an eqrnn.RNN, got "
+                    f"{type(rnn).__name__}. Wrap the cell: `eqrnn.RNN(cell)`."
+                )
+        if forward.reverse:
+            raise ValueError(
+                "Bidirectional: `forward` has `reverse=True`; pass an RNN that runs "
+                "forwards (the backward direction is `backward`'s job)."
+            )
+        if isinstance(merge, str):
+            if merge not in _MERGES:
+                raise ValueError(
+                    f"Bidirectional: `merge` must be one of {sorted(_MERGES)} or a "
+                    f"callable, got {merge!r}."
+                )
+            merge = _MERGES[merge]
+        elif not callable(merge):
+            raise TypeError("Bidirectional: `merge` must be a str or a callable.")
+        _check_static("Bidirectional", return_hidden=return_hidden)
+        self.forward = forward
+        self.backward = backward
+        self.merge = merge
+        self.return_hidden = return_hidden
+
+    def run(
+        self,
+        inputs: Inputs,
+        hidden: tuple[Any, Any] | None = None,
+        *,
+        length: Length | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, "time output_size"], tuple[Any, Any]]:
+        """`(outputs, (forward_final, backward_final))`, whatever `return_hidden`
+        says.
+
+        **Arguments:**
+
+        - `inputs`, `hidden`, `length`, `key`: as for `__call__`.
+
+        **Returns:**
+
+        The merged outputs and both final hidden states.
+        """
+        if hidden is None:
+            hidden = (None, None)
+        elif not (isinstance(hidden, tuple) and len(hidden) == 2):
+            raise ValueError(
+                "Bidirectional: `hidden` must be a pair `(forward_hidden, "
+                f"backward_hidden)`, got {type(hidden).__name__}."
+            )
+        kf, kb = (None, None) if key is None else tuple(jr.split(key))
+        out_f, final_f = self.forward.run(
+            inputs, hidden[0], length=length, key=kf, reverse=False
+        )
+        out_b, final_b = self.backward.run(
+            inputs, hidden[1], length=length, key=kb, reverse=True, keep_order=True
+        )
+        return self.merge(out_f, out_b), (final_f, final_b)
+
+    def __call__(
+        self,
+        inputs: Inputs,
+        *,
+        hidden: tuple[Any, Any] | None = None,
+        length: Length | None = None,
+        key: PRNGKeyArray | None = None,
+    ) -> (
+        Float[Array, "time output_size"] | tuple[Float[Array, "time output_size"], Any]
+    ):
+        """**Arguments:**
+
+        - `inputs`: one sequence, shape `(time, input_size)`.
+        - `hidden`: `(forward_hidden, backward_hidden)`; default each cell's
+            `init_hidden()`.
+        - `length`: the number of valid steps; the rest is padding.
+        - `key`: split between the two directions, for stochastic cells.
+
+        **Returns:**
+
+        The merged outputs, shape `(time, output_size)` (`2 * hidden_size` for
+        `"concat"`); with `return_hidden=True`, the tuple `(outputs,
+        (forward_final, backward_final))`.
+        """
+        outputs, finals = self.run(inputs, hidden, length=length, key=key)
+        return (outputs, finals) if self.return_hidden else outputs
+
+
+class StackedRNN(eqx.Module):
+    """Layers of `RNN`s or `Bidirectional`s, each reading the outputs of the one
+    below, with dropout between layers and optional residual connections: PyTorch's
+    `num_layers` / `dropout` / `bidirectional`, for one sequence.
+
+    !!! example
+
+        ```python
+        keys = jax.random.split(jax.random.key(0), 2)
+        stack = eqrnn.StackedRNN(
+            [
+                eqrnn.RNN(eqrnn.GRUCell(3, 8, key=keys[0])),
+                eqrnn.RNN(eqrnn.GRUCell(8, 8, key=keys[1])),
+            ],
+            dropout=0.1,
+        )
+        outputs, finals = stack(jnp.ones((10, 3)), key=jax.random.key(1))
+        # outputs (10, 8); finals: one final hidden state per layer
+        ```
+    """
+
+    layers: tuple[RNN | Bidirectional, ...]
+    dropout: float = eqx.field(static=True)
+    residual: bool = eqx.field(static=True)
+    inference: bool
+
+    def __init__(
+        self,
+        layers: Sequence[RNN | Bidirectional],
+        *,
+        dropout: float = 0.0,
+        residual: bool = False,
+        inference: bool = False,
+    ):
+        """**Arguments:**
+
+        - `layers`: the layers, bottom first; each an `RNN` or a `Bidirectional`.
+        - `dropout`: probability of zeroing each output of every layer but the last
+            (as PyTorch's `dropout`), scaled by `1 / (1 - dropout)` when kept.
+        - `residual`: add each layer's input to its output, for every layer but the
+            first (whose input width usually differs), as in GNMT.
+        - `inference`: turn dropout off. Like `equinox.nn.Dropout`, this is toggled
+            by `equinox.nn.inference_mode`.
+        """
+        layers = tuple(layers)
+        if not layers:
+            raise ValueError("StackedRNN: `layers` must hold at least one layer.")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, RNN | Bidirectional):
+                raise TypeError(
+                    f"StackedRNN: `layers[{i}]` must be an eqrnn.RNN or "
+                    f"eqrnn.Bidirectional, got {type(layer).__name__}."
+                )
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+            raise TypeError(f"StackedRNN: `dropout` must be a float, got {dropout!r}.")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"StackedRNN: `dropout` must be in [0, 1), got {dropout}.")
+        _check_static("StackedRNN", residual=residual, inference=inference)
+        self.layers = layers
+        self.dropout = float(dropout)
+        self.residual = residual
+        self.inference = inference
+
+    def __call__(
+        self,
+        inputs: Inputs,
+        *,
+        hidden: Sequence[Any] | None = None,
+        length: Length | None = None,
+        key: PRNGKeyArray | None = None,
+        inference: bool | None = None,
+    ) -> tuple[Float[Array, "time output_size"], tuple[Any, ...]]:
+        """**Arguments:**
+
+        - `inputs`: one sequence, shape `(time, input_size)`.
+        - `hidden`: one starting state per layer (`None` entries for the default);
+            default every layer's default.
+        - `length`: the number of valid steps; the rest is padding, and zero in the
+            outputs.
+        - `key`: for dropout (needed when `dropout > 0` and not in inference) and
+            stochastic cells.
+        - `inference`: overrides the `inference` field for this call.
+
+        **Returns:**
+
+        The last layer's outputs, shape `(time, output_size)`, and a tuple holding
+        each layer's final hidden state, bottom first (for a `Bidirectional` layer,
+        the pair `(forward_final, backward_final)`).
+        """
+        num_layers = len(self.layers)
+        if hidden is None:
+            hidden = (None,) * num_layers
+        elif len(hidden) != num_layers:
+            raise ValueError(
+                f"StackedRNN: `hidden` must hold one state per layer ({num_layers}), "
+                f"got {len(hidden)}."
+            )
+        inference = self.inference if inference is None else inference
+        use_dropout = self.dropout > 0 and not inference and num_layers > 1
+        if use_dropout and key is None:
+            raise ValueError(
+                "StackedRNN: dropout needs a `key`; pass `key=...`, or switch dropout "
+                "off with `inference=True` (or `equinox.nn.inference_mode`)."
+            )
+        layer_keys = (
+            [None] * num_layers if key is None else list(jr.split(key, num_layers))
+        )
+        valid = None
+        if length is not None:
+            valid = jnp.arange(jnp.shape(inputs)[0]) < length
+        x = jnp.asarray(inputs)
+        finals = []
+        for i, (layer, h0, k) in enumerate(
+            zip(self.layers, hidden, layer_keys, strict=True)
+        ):
+            run_key, drop_key = (None, None) if k is None else tuple(jr.split(k))
+            out, final = layer.run(x, h0, length=length, key=run_key)
+            if self.residual and i > 0:
+                if out.shape != jnp.shape(x):
+                    raise ValueError(
+                        f"StackedRNN: `residual=True` needs layer {i}'s outputs "
+                        f"{out.shape} to match its inputs {jnp.shape(x)}."
+                    )
+                out = out + x
+            if use_dropout and i < num_layers - 1:
+                assert drop_key is not None
+                keep = jr.bernoulli(drop_key, 1 - self.dropout, out.shape)
+                out = jnp.where(keep, out / (1 - self.dropout), 0)
+            if valid is not None:
+                out = jnp.where(valid[:, None], out, 0)
+            finals.append(final)
+            x = out
+        return x, tuple(finals)
