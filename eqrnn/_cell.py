@@ -199,3 +199,28 @@ class StackedGatesCell(AbstractCell):
     ) -> Float[Array, "*time projected"]:
         out = inputs @ self.weight_ih.T
         return out if self.bias is None else out + self.bias
+
+    # A step is, unless a cell overrides `step`:
+    #     z = W @ recurrent_input(hidden) + b
+    #     hidden' = pointwise(projected, z, hidden)
+    # with `pointwise` elementwise: the form a hand-written backward pass through time
+    # can exploit (carry only the hidden state's cotangent, form dW with one matmul).
+
+    def recurrent_weights(self) -> tuple[Array, Array | None] | None:
+        return self.weight_hh, None
+
+    def recurrent_input(self, hidden: Any) -> Array:
+        """The part of the hidden state that the recurrent matmul reads."""
+        return hidden
+
+    def pointwise(self, projected: Array, z: Array, hidden: Any) -> Any:
+        """The elementwise rest of a step, given the recurrent pre-activation `z`.
+        It must not read the cell's arrays."""
+        raise NotImplementedError
+
+    def step(self, projected: Float[Array, " projected"], hidden: Any) -> Any:
+        weights = self.recurrent_weights()
+        assert weights is not None, "a cell without `recurrent_weights` overrides step"
+        weight, bias = weights
+        z = weight @ self.recurrent_input(hidden)
+        return self.pointwise(projected, z if bias is None else z + bias, hidden)

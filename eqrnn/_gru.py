@@ -107,13 +107,20 @@ class GRUCell(StackedGatesCell):
             else None
         )
 
-    def step(
-        self, projected: Float[Array, " three_hidden"], hidden: HiddenArray
+    def recurrent_weights(self) -> tuple[Array, Array | None]:
+        if self.bias_hn is None:
+            return self.weight_hh, None
+        zeros = jnp.zeros(2 * self.hidden_size, self.bias_hn.dtype)
+        return self.weight_hh, jnp.concatenate([zeros, self.bias_hn])
+
+    def pointwise(
+        self,
+        projected: Float[Array, " three_hidden"],
+        z: Float[Array, " three_hidden"],
+        hidden: HiddenArray,
     ) -> HiddenArray:
         hs = self.hidden_size
-        rec = self.weight_hh @ hidden
-        rec_n = rec[2 * hs :] if self.bias_hn is None else rec[2 * hs :] + self.bias_hn
-        r = self.gate_fn(projected[:hs] + rec[:hs])
-        z = self.gate_fn(projected[hs : 2 * hs] + rec[hs : 2 * hs])
-        n = self.activation_fn(projected[2 * hs :] + r * rec_n)
-        return n + z * (hidden - n)
+        r = self.gate_fn(projected[:hs] + z[:hs])
+        u = self.gate_fn(projected[hs : 2 * hs] + z[hs : 2 * hs])
+        n = self.activation_fn(projected[2 * hs :] + r * z[2 * hs :])
+        return n + u * (hidden - n)

@@ -91,10 +91,11 @@ class SimpleCell(StackedGatesCell):
             activation_fn=activation_fn,
         )
 
-    def step(
-        self, projected: Float[Array, " hidden_size"], hidden: HiddenArray
+    def pointwise(
+        self,
+        projected: Float[Array, " hidden_size"],
+        z: Float[Array, " hidden_size"],
+        hidden: HiddenArray,
     ) -> HiddenArray:
-        pre = projected + self.weight_hh @ hidden
-        if self.residual:
-            pre = pre + hidden
-        return self.activation_fn(pre)
+        pre = projected + z
+        return self.activation_fn(pre + hidden if self.residual else pre)

@@ -118,6 +118,27 @@ def test_carry_init_draws_a_trainable_initial_hidden(cls, getkey):
     assert any(jnp.any(g != 0) for g in jax.tree.leaves(grads.initial_hidden))
 
 
+def test_lstm_with_projection_equals_numpy_equations(getkey):
+    cell = random_params(eqrnn.LSTMCell(3, 5, proj_size=2, key=getkey()), getkey())
+    assert cell.weight_hr is not None
+    assert cell.weight_hh.shape == (20, 2) and cell.weight_hr.shape == (2, 5)
+    x = jr.normal(getkey(), (3,))
+    h, c = jr.normal(getkey(), (2,)), jr.normal(getkey(), (5,))
+    g = np.asarray(cell.weight_ih @ x + cell.weight_hh @ h + cell.bias)
+    i, f, gg, o = (g[k * 5 : (k + 1) * 5] for k in range(4))
+    c_new = _sigmoid(f) * np.asarray(c) + _sigmoid(i) * np.tanh(gg)
+    h_new = np.asarray(cell.weight_hr) @ (_sigmoid(o) * np.tanh(c_new))
+    assert_tree_allclose(eqx.filter_jit(_call)(cell, x, (h, c)), (h_new, c_new))
+    hs, cs = eqrnn.scan_all_hidden(cell, jnp.ones((4, 3)), length=3)
+    assert hs.shape == (4, 2) and cs.shape == (4, 5)
+    assert cell.output((h, c)) is h
+
+
+def test_lstm_proj_size_must_be_smaller_than_hidden_size(getkey):
+    with pytest.raises(ValueError, match="`proj_size` must be smaller than"):
+        eqrnn.LSTMCell(3, 4, proj_size=4, key=getkey())
+
+
 def test_lstm_forget_bias_is_stored_in_the_bias(getkey):
     key = getkey()
     plain = eqrnn.LSTMCell(3, 4, key=key)

@@ -31,6 +31,7 @@ from .helpers import assert_tree_allclose, tolerance
 
 INPUT = 3
 HIDDEN = 5
+PROJ = 2  # PyTorch's LSTM `proj_size`
 LENGTHS = np.array([5, 2, 4, 1])  # a batch of mixed lengths; padded to 5 steps
 TIME = int(LENGTHS.max())
 DTYPES = [jnp.float64, jnp.float32]
@@ -71,8 +72,11 @@ def _dot(tree: Any, cotangent: Any) -> Any:
 
 
 def _torch_params(module: torch.nn.Module, suffix: str = "") -> list[torch.Tensor]:
-    """`[weight_ih, weight_hh, bias_ih, bias_hh]` (+ suffix, e.g. "_l0_reverse")."""
+    """`[weight_ih, weight_hh, bias_ih, bias_hh(, weight_hr)]`, each name + `suffix`
+    (e.g. "_l0_reverse"); `weight_hr` only for an LSTM with `proj_size`."""
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    if hasattr(module, "weight_hr" + suffix):
+        names = (*names, "weight_hr")
     params = [getattr(module, name + suffix) for name in names]
     assert all(isinstance(p, torch.Tensor) for p in params)
     return params
@@ -94,12 +98,20 @@ def _eqrnn_from_torch(
     dtype: Any,
     key: Any,
 ) -> eqrnn.AbstractCell:
-    """An eqrnn cell holding PyTorch's `(weight_ih, weight_hh, bias_ih, bias_hh)`.
+    """An eqrnn cell holding PyTorch's `(weight_ih, weight_hh, bias_ih, bias_hh)`
+    (and `weight_hr` for "lstm_proj").
 
-    `kind` is one of "rnn_tanh", "rnn_relu", "gru", "lstm".
+    `kind` is one of "rnn_tanh", "rnn_relu", "gru", "lstm", "lstm_proj".
     """
-    w_ih, w_hh, b_ih, b_hh = (jnp.asarray(w, dtype) for w in weights)
-    hs = w_hh.shape[1]
+    w_ih, w_hh, b_ih, b_hh, *w_hr = (jnp.asarray(w, dtype) for w in weights)
+    hs = w_ih.shape[0] // {"gru": 3, "lstm": 4, "lstm_proj": 4}.get(kind, 1)
+    if kind == "lstm_proj":
+        cell = eqrnn.LSTMCell(INPUT, hs, proj_size=PROJ, dtype=dtype, key=key)
+        return eqx.tree_at(
+            lambda c: (c.weight_ih, c.weight_hh, c.bias, c.weight_hr),
+            cell,
+            (w_ih, w_hh, b_ih + b_hh, w_hr[0]),
+        )
     if kind == "gru":
         cell = eqrnn.GRUCell(INPUT, hs, dtype=dtype, key=key)
         # b_hn sits inside the reset gate, so only b_r and b_z fold into `bias`.
@@ -128,13 +140,17 @@ def _torch_grads_in_eqrnn_layout(
     eqrnn's `bias` is `bias_ih (+ bias_hh)`, so its gradient is `bias_ih`'s; PyTorch's
     `bias_hh` gradient agrees with it wherever the two are summed.
     """
-    g_ih, g_hh, g_bih, g_bhh = (_grad(t) for t in tensors)
+    g_ih, g_hh, g_bih, g_bhh, *g_hr = (_grad(t) for t in tensors)
     out = {"weight_ih": g_ih, "weight_hh": g_hh, "bias": g_bih}
+    if kind == "lstm_proj":
+        out["weight_hr"] = g_hr[0]
     if kind == "gru":
-        np.testing.assert_allclose(g_bhh[: 2 * HIDDEN], g_bih[: 2 * HIDDEN], rtol=1e-5)
+        np.testing.assert_allclose(
+            g_bhh[: 2 * HIDDEN], g_bih[: 2 * HIDDEN], rtol=1e-5, atol=1e-12
+        )
         out["bias_hn"] = g_bhh[2 * HIDDEN :]
     else:
-        np.testing.assert_allclose(g_bhh, g_bih, rtol=1e-5)
+        np.testing.assert_allclose(g_bhh, g_bih, rtol=1e-5, atol=1e-12)
     return out
 
 
@@ -146,6 +162,8 @@ def _eqrnn_param_grads(kind: str, grads: Any) -> dict[str, Any]:
     }
     if kind == "gru":
         out["bias_hn"] = grads.bias_hn
+    if kind == "lstm_proj":
+        out["weight_hr"] = grads.weight_hr
     return out
 
 
@@ -416,22 +434,42 @@ def _bidirectional_value_and_grad(
 
 
 def _torch_rnn(kind: str) -> torch.nn.RNNBase:
+    kwargs: dict[str, Any] = {
+        "batch_first": True,
+        "bidirectional": True,
+        "dtype": torch.float64,
+    }
+    if kind == "lstm_proj":
+        return torch.nn.LSTM(INPUT, HIDDEN, proj_size=PROJ, **kwargs)
     cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[kind]
-    return cls(INPUT, HIDDEN, batch_first=True, bidirectional=True, dtype=torch.float64)
+    return cls(INPUT, HIDDEN, **kwargs)
 
 
-@pytest.mark.parametrize("with_initial_state", [False, True])
-@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+# The default starting state (`hidden=None`) is the same code for every cell: it is
+# checked for two kinds only, to keep the number of compilations down.
+@pytest.mark.parametrize(
+    ("kind", "with_initial_state"),
+    [
+        ("rnn", True),
+        ("gru", True),
+        ("gru", False),
+        ("lstm", True),
+        ("lstm", False),
+        ("lstm_proj", True),
+    ],
+)
 def test_scan_with_length_matches_torch_packed_bidirectional_rnn(
     kind, with_initial_state, getkey
 ):
     """Forward: `scan_all_hidden`/`scan_last` with `length`; backward half:
     the same with `reverse=True` and the `_reverse` weights. Outputs at every step
     (zero at padding, as `pad_packed_sequence`), final states, and gradients w.r.t.
-    inputs, initial states and both directions' weights."""
+    inputs, initial states and both directions' weights. "lstm_proj" is an LSTM
+    with `proj_size` (PyTorch's `weight_hr`)."""
     rng = _rng(getkey)
     cell_kind = "rnn_tanh" if kind == "rnn" else kind
-    is_lstm = kind == "lstm"
+    is_lstm = kind.startswith("lstm")
+    out_size = PROJ if kind == "lstm_proj" else HIDDEN  # h's size; c has HIDDEN
     tmod = _torch_rnn(kind)
     _randomize_torch(tmod, rng)
     tparams = [_torch_params(tmod, sfx) for sfx in ("_l0", "_l0_reverse")]
@@ -442,10 +480,10 @@ def test_scan_with_length_matches_torch_packed_bidirectional_rnn(
 
     batch = len(LENGTHS)
     xs = _padded_inputs(rng)
-    num_states = 2 if is_lstm else 1
-    init = [rng.normal(size=(2, batch, HIDDEN)) for _ in range(num_states)]
-    cot_out = rng.normal(size=(batch, TIME, 2 * HIDDEN))
-    cot_last = [rng.normal(size=(2, batch, HIDDEN)) for _ in range(num_states)]
+    state_sizes = [out_size, HIDDEN] if is_lstm else [HIDDEN]
+    init = [rng.normal(size=(2, batch, n)) for n in state_sizes]
+    cot_out = rng.normal(size=(batch, TIME, 2 * out_size))
+    cot_last = [rng.normal(size=(2, batch, n)) for n in state_sizes]
 
     # PyTorch, on the packed batch.
     f64 = torch.float64
@@ -479,9 +517,9 @@ def test_scan_with_length_matches_torch_packed_bidirectional_rnn(
         else (None, None)
     )
     cots = (
-        jnp.asarray(cot_out[..., :HIDDEN]),
+        jnp.asarray(cot_out[..., :out_size]),
         per_direction(cot_last, 0),
-        jnp.asarray(cot_out[..., HIDDEN:]),
+        jnp.asarray(cot_out[..., out_size:]),
         per_direction(cot_last, 1),
     )
     (_, outs), (g_cells, g_xs, g_hidden) = _bidirectional_value_and_grad(
