@@ -23,7 +23,7 @@ def flip_sequence(
 
         ```python
         >>> import jax, jax.numpy as jnp, eqrnn
-        >>> inputs = jnp.array([[1, 0, 0], [2, 3, 0], [4, 5, 6]])
+        >>> inputs = jnp.array([[1, 0, 0], [2, 3, 0], [4, 5, 6]], dtype=jnp.int32)
         >>> lengths = jnp.array([1, 2, 3])
         >>> jax.vmap(eqrnn.flip_sequence)(inputs, lengths)
         Array([[1, 0, 0],
