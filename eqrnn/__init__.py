@@ -2,6 +2,7 @@
 
 import importlib.metadata
 
+from . import interop as interop
 from ._cell import AbstractCell as AbstractCell
 from ._gru import GRUCell as GRUCell
 from ._layers import (
@@ -29,6 +30,7 @@ __all__ = [
     "StackedRNN",
     "__version__",
     "flip_sequence",
+    "interop",
     "scan_all_hidden",
     "scan_last",
 ]
