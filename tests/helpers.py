@@ -48,3 +48,28 @@ def random_params(module: Any, key: Any, scale: float = 0.5) -> Any:
         for k, x in zip(keys, leaves, strict=True)
     ]
     return jax.tree.unflatten(treedef, new)
+
+
+def flax_cell(
+    kind: str, input_size: int, hidden_size: int, dtype: Any, seed: int
+) -> Any:
+    """A Flax NNX cell of `kind` with random non-zero biases (Flax's default bias is
+    zero; drawn, a misplaced bias shows). Flax is imported here, for tests only."""
+    from flax import nnx
+
+    kwargs: dict[str, Any] = {
+        "dtype": dtype,
+        "param_dtype": dtype,
+        "bias_init": nnx.initializers.normal(0.5),
+        "rngs": nnx.Rngs(seed),
+    }
+    if kind == "simple":
+        return nnx.SimpleCell(input_size, hidden_size, **kwargs)
+    if kind == "simple_residual":
+        return nnx.SimpleCell(input_size, hidden_size, residual=True, **kwargs)
+    if kind == "gru":
+        return nnx.GRUCell(input_size, hidden_size, **kwargs)
+    if kind == "lstm":
+        return nnx.LSTMCell(input_size, hidden_size, **kwargs)
+    assert kind == "optimized_lstm", kind
+    return nnx.OptimizedLSTMCell(input_size, hidden_size, **kwargs)

@@ -35,7 +35,7 @@ from eqrnn.interop import (
     to_torch,
 )
 
-from .helpers import assert_tree_allclose, random_params
+from .helpers import assert_tree_allclose, flax_cell, random_params
 
 
 INPUT = 3
@@ -327,23 +327,7 @@ def test_from_torch_state_dict_equals_from_module(getkey):
 
 
 def _flax_cell(kind: str, seed: int) -> Any:
-    kwargs: dict[str, Any] = {
-        "dtype": jnp.float64,
-        "param_dtype": jnp.float64,
-        # Flax's default bias is zero; draw it, so that a misplaced bias shows.
-        "bias_init": nnx.initializers.normal(0.5),
-        "rngs": nnx.Rngs(seed),
-    }
-    if kind == "simple":
-        return nnx.SimpleCell(INPUT, HIDDEN, **kwargs)
-    if kind == "simple_residual":
-        return nnx.SimpleCell(INPUT, HIDDEN, residual=True, **kwargs)
-    if kind == "gru":
-        return nnx.GRUCell(INPUT, HIDDEN, **kwargs)
-    if kind == "lstm":
-        return nnx.LSTMCell(INPUT, HIDDEN, **kwargs)
-    assert kind == "optimized_lstm"
-    return nnx.OptimizedLSTMCell(INPUT, HIDDEN, **kwargs)
+    return flax_cell(kind, INPUT, HIDDEN, jnp.float64, seed)
 
 
 def _eqrnn_hidden(kind: str, carry: Any) -> Any:

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import eqrnn
 
-from .helpers import assert_tree_allclose, tolerance
+from .helpers import assert_tree_allclose, flax_cell, tolerance
 
 
 INPUT = 3
@@ -247,23 +247,7 @@ _FLAX_LSTM_HIDDEN = {"i": "hi", "f": "hf", "g": "hg", "o": "ho"}
 
 
 def _flax_cell(kind: str, dtype: Any, seed: int) -> nnx.RNNCellBase:
-    kwargs: dict[str, Any] = {
-        "dtype": dtype,
-        "param_dtype": dtype,
-        # Flax's default bias is zero; draw it, so that a misplaced bias shows.
-        "bias_init": nnx.initializers.normal(0.5),
-        "rngs": nnx.Rngs(seed),
-    }
-    if kind == "simple":
-        return nnx.SimpleCell(INPUT, HIDDEN, **kwargs)
-    if kind == "simple_residual":
-        return nnx.SimpleCell(INPUT, HIDDEN, residual=True, **kwargs)
-    if kind == "gru":
-        return nnx.GRUCell(INPUT, HIDDEN, **kwargs)
-    if kind == "lstm":
-        return nnx.LSTMCell(INPUT, HIDDEN, **kwargs)
-    assert kind == "optimized_lstm"
-    return nnx.OptimizedLSTMCell(INPUT, HIDDEN, **kwargs)
+    return flax_cell(kind, INPUT, HIDDEN, dtype, seed)
 
 
 def _flax_to_eqrnn_layout(kind: str, state: Any) -> dict[str, Any]:
