@@ -15,6 +15,13 @@ from ._lstm import LSTMCell as LSTMCell
 from ._mgu import MGUCell as MGUCell
 from ._scan import scan_all_hidden as scan_all_hidden, scan_last as scan_last
 from ._simple import SimpleCell as SimpleCell
+from ._training import (
+    data_parallel_shardings as data_parallel_shardings,
+    load_checkpoint as load_checkpoint,
+    save_checkpoint as save_checkpoint,
+    shard_batch as shard_batch,
+    truncated_bptt as truncated_bptt,
+)
 
 
 __version__ = importlib.metadata.version("eqrnn")
@@ -29,8 +36,13 @@ __all__ = [
     "SimpleCell",
     "StackedRNN",
     "__version__",
+    "data_parallel_shardings",
     "flip_sequence",
     "interop",
+    "load_checkpoint",
+    "save_checkpoint",
     "scan_all_hidden",
     "scan_last",
+    "shard_batch",
+    "truncated_bptt",
 ]

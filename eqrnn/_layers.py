@@ -7,7 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree, Shaped
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Shaped
 
 from ._custom_types import Inputs, Length
 from ._scan import check_length, check_unroll, chunk_length, scan_with_final
@@ -171,6 +171,66 @@ class RNN(eqx.Module):
         if reverse and not keep_order:
             outputs = flip_sequence(outputs, length)
         return outputs, final
+
+    def init_hidden(self) -> PyTree[Float[Array, "..."]]:
+        """The cell's starting state (`cell.init_hidden()`).
+
+        **Returns:**
+
+        The hidden state the layer starts from when `hidden` is not given.
+        """
+        if not hasattr(self.cell, "init_hidden"):
+            raise TypeError(
+                f"RNN: the cell {type(self.cell).__name__} has no `init_hidden()`; "
+                "build the starting state yourself."
+            )
+        return self.cell.init_hidden()  # pyright: ignore[reportFunctionMemberAccess]
+
+    def step(
+        self,
+        input: Float[ArrayLike, " input_size"],
+        hidden: PyTree[Float[ArrayLike, "..."]],
+        *,
+        reset: bool | Bool[ArrayLike, ""] = False,
+        key: PRNGKeyArray | None = None,
+    ) -> tuple[Float[Array, " output_size"], PyTree[Float[Array, "..."]]]:
+        """One step for streaming inference: feed steps one at a time, carrying the
+        hidden state yourself, and get exactly what `__call__` gives for the whole
+        sequence (`resets` included). Jit it once and call it per step.
+
+        !!! example
+
+            ```python
+            step = eqx.filter_jit(lambda rnn, x, h, r: rnn.step(x, h, reset=r))
+            hidden = rnn.init_hidden()
+            for x, done in stream:
+                output, hidden = step(rnn, x, hidden, done)
+            ```
+
+        **Arguments:**
+
+        - `input`: one step's input, shape `(input_size,)`.
+        - `hidden`: the state after the previous step (`init_hidden()` at first).
+        - `reset`: start again from `init_hidden()` before this step (an episode
+            boundary), as `resets[t]` does in `__call__`.
+        - `key`: passed to stochastic cells.
+
+        **Returns:**
+
+        `(output, hidden)`: this step's output and the new hidden state.
+        """
+        if self.reverse:
+            raise ValueError(
+                "RNN.step: a `reverse=True` layer reads the sequence backwards and "
+                "cannot be streamed one step at a time."
+            )
+        if hasattr(self.cell, "init_hidden"):
+            start = self.init_hidden()
+        else:  # as in the scan helpers: cells without `init_hidden` restart at zero
+            start = jax.tree.map(jnp.zeros_like, hidden)
+        hidden = jax.tree.map(lambda a, b: jnp.where(reset, a, b), start, hidden)
+        new = self.cell(input, hidden, key=key)
+        return _outputs(self.cell, jax.tree.map(lambda a: a[None], new))[0], new
 
     def __call__(
         self,
@@ -487,3 +547,60 @@ class StackedRNN(eqx.Module):
             finals.append(final)
             x = out
         return x, tuple(finals)
+
+    def init_hidden(self) -> tuple[Any, ...]:
+        """Every layer's starting state, bottom first (for streaming with `step`).
+
+        **Returns:**
+
+        A tuple with one hidden state per layer.
+        """
+        out = []
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, RNN):
+                raise TypeError(_no_streaming(i))
+            out.append(layer.init_hidden())
+        return tuple(out)
+
+    def step(
+        self,
+        input: Float[ArrayLike, " input_size"],
+        hidden: Sequence[Any],
+        *,
+        reset: bool | Bool[ArrayLike, ""] = False,
+    ) -> tuple[Float[Array, " output_size"], tuple[Any, ...]]:
+        """One step of every layer, for streaming inference (dropout off): feeding a
+        sequence step by step gives what `__call__` gives with `inference=True`.
+
+        **Arguments:**
+
+        - `input`: one step's input, shape `(input_size,)`.
+        - `hidden`: every layer's state after the previous step (`init_hidden()` at
+            first).
+        - `reset`: start every layer again from its starting state before this step.
+
+        **Returns:**
+
+        `(output, hidden)`: the last layer's output and every layer's new state.
+        """
+        if len(hidden) != len(self.layers):
+            raise ValueError(
+                f"StackedRNN.step: `hidden` must hold one state per layer "
+                f"({len(self.layers)}), got {len(hidden)}."
+            )
+        x = jnp.asarray(input)
+        new_hidden = []
+        for i, (layer, h) in enumerate(zip(self.layers, hidden, strict=True)):
+            if not isinstance(layer, RNN):
+                raise TypeError(_no_streaming(i))
+            out, h = layer.step(x, h, reset=reset)
+            x = out + x if self.residual and i > 0 else out
+            new_hidden.append(h)
+        return x, tuple(new_hidden)
+
+
+def _no_streaming(i: int) -> str:
+    return (
+        f"StackedRNN: layer {i} is a Bidirectional, which reads the whole sequence "
+        "and cannot be streamed one step at a time."
+    )

@@ -1,0 +1,290 @@
+"""Training utilities: truncated backpropagation through time, data-parallel
+sharding, and checkpoints that refuse to load into the wrong model.
+
+Nothing here imports an optimiser library: an optimiser is anything with optax's
+`update(grads, state, params) -> (updates, state)` method.
+"""
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, PyTree, Scalar
+
+
+def _check_chunk_length(chunk_length: Any, num_steps: int) -> int:
+    if isinstance(chunk_length, bool) or not isinstance(chunk_length, int):
+        raise TypeError(
+            f"truncated_bptt: `chunk_length` must be an int, got {chunk_length!r}."
+        )
+    if chunk_length <= 0:
+        raise ValueError(
+            f"truncated_bptt: `chunk_length` must be positive, got {chunk_length}."
+        )
+    if chunk_length > num_steps:
+        raise ValueError(
+            f"truncated_bptt: `chunk_length` ({chunk_length}) is longer than the "
+            f"sequence ({num_steps} steps)."
+        )
+    return chunk_length
+
+
+def truncated_bptt(
+    loss_fn: Callable[[Any, Any, Any], tuple[Scalar, Any]],
+    optimizer: Any,
+    model: PyTree,
+    opt_state: PyTree,
+    sequence: PyTree[Array],
+    hidden: PyTree[Array],
+    *,
+    chunk_length: int,
+    time_axis: int = 0,
+) -> tuple[PyTree, PyTree, PyTree[Array], Array]:
+    """Train over a long sequence in chunks of `chunk_length` steps: one optimiser
+    update per chunk, the hidden state carried from chunk to chunk, the gradient
+    stopped at chunk boundaries. Memory grows with `chunk_length`, not with the length
+    of the sequence, and the forward pass is that of one scan over the whole sequence.
+
+    !!! example
+
+        ```python
+        def loss_fn(model, chunk, hidden):
+            xs, ys = chunk  # (chunk_length, ...) each
+            hs = eqrnn.scan_all_hidden(model.cell, xs, hidden)
+            loss = jnp.mean((hs @ model.readout - ys) ** 2)
+            return loss, hs[-1]
+
+        model, opt_state, hidden, losses = jax.jit(
+            lambda m, s, seq, h: eqrnn.truncated_bptt(
+                loss_fn, optax.adam(1e-3), m, s, seq, h, chunk_length=32
+            )
+        )(model, opt_state, (xs, ys), cell.init_hidden())
+        ```
+
+    **Arguments:**
+
+    - `loss_fn`: `loss_fn(model, chunk, hidden) -> (loss, new_hidden)`, where `chunk`
+        is `sequence` cut to `chunk_length` steps and `new_hidden` is the state after
+        the chunk (what the next chunk starts from). Differentiated with respect to
+        the floating-point arrays of `model`.
+    - `optimizer`: an optax-style optimiser (`update(grads, state, params)`).
+    - `model`: the model; any pytree (an `eqx.Module`).
+    - `opt_state`: the optimiser's state for `model`'s floating-point arrays.
+    - `sequence`: a pytree of arrays sharing a time axis (`time_axis`), e.g.
+        `(inputs, targets)`.
+    - `hidden`: the state the first chunk starts from.
+    - `chunk_length`: steps per chunk, `0 < chunk_length <= time`. A last chunk
+        shorter than the others is run as one more step (one more compilation).
+    - `time_axis`: the axis of `sequence`'s arrays that is time (`1` for arrays laid
+        out `(batch, time, ...)`).
+
+    **Returns:**
+
+    `(model, opt_state, hidden, losses)`: the trained model and optimiser state, the
+    hidden state after the whole sequence, and each chunk's loss, shape
+    `(num_chunks,)`.
+    """
+    leaves = jax.tree.leaves(sequence)
+    if not leaves:
+        raise ValueError("truncated_bptt: `sequence` holds no arrays.")
+    lengths = {jnp.shape(x)[time_axis] for x in leaves}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"truncated_bptt: every array of `sequence` must have the same length on "
+            f"`time_axis={time_axis}`, got {sorted(lengths)}."
+        )
+    (num_steps,) = lengths
+    chunk_length = _check_chunk_length(chunk_length, num_steps)
+    num_full, rest = divmod(num_steps, chunk_length)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def train_chunk(params, opt_state, chunk, hidden):
+        def loss(params):
+            return loss_fn(
+                eqx.combine(params, static), chunk, jax.lax.stop_gradient(hidden)
+            )
+
+        (value, new_hidden), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return eqx.apply_updates(params, updates), opt_state, new_hidden, value
+
+    def to_chunks(x: Array) -> Array:
+        x = jnp.moveaxis(jnp.asarray(x), time_axis, 0)[: num_full * chunk_length]
+        x = x.reshape(num_full, chunk_length, *x.shape[1:])
+        return jnp.moveaxis(x, 1, time_axis + 1)
+
+    def body(carry, chunk):
+        params, opt_state, hidden = carry
+        params, opt_state, hidden, value = train_chunk(params, opt_state, chunk, hidden)
+        return (params, opt_state, hidden), value
+
+    (params, opt_state, hidden), losses = jax.lax.scan(
+        body, (params, opt_state, hidden), jax.tree.map(to_chunks, sequence)
+    )
+    if rest:
+        last = jax.tree.map(
+            lambda x: jax.lax.slice_in_dim(
+                jnp.asarray(x), num_full * chunk_length, num_steps, axis=time_axis
+            ),
+            sequence,
+        )
+        params, opt_state, hidden, value = train_chunk(params, opt_state, last, hidden)
+        losses = jnp.concatenate([losses, value[None]])
+    return eqx.combine(params, static), opt_state, hidden, losses
+
+
+# --- data parallelism --------------------------------------------------------
+
+
+def data_parallel_shardings(
+    devices: list[Any] | None = None,
+) -> tuple[NamedSharding, NamedSharding]:
+    """Shardings for data-parallel training: the batch split over `devices`,
+    everything else replicated.
+
+    !!! example
+
+        ```python
+        batch_sharding, replicated = eqrnn.data_parallel_shardings()
+        model = eqx.filter_shard(model, replicated)
+        xs, ys = eqrnn.shard_batch((xs, ys), batch_sharding)
+        ```
+
+    **Arguments:**
+
+    - `devices`: the devices to use; default `jax.devices()` (on several hosts, after
+        `jax.distributed.initialize()`, that is every device of every host).
+
+    **Returns:**
+
+    `(batch_sharding, replicated_sharding)` over a one-axis mesh named `"batch"`.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("data_parallel_shardings: `devices` is empty.")
+    mesh = Mesh(devices, ("batch",))
+    return NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(
+        mesh, PartitionSpec()
+    )
+
+
+def shard_batch(batch: PyTree[Array], sharding: NamedSharding) -> PyTree[Array]:
+    """Split every array of `batch` along its leading (batch) axis over the devices
+    of `sharding`.
+
+    **Arguments:**
+
+    - `batch`: a pytree of arrays with a leading batch axis.
+    - `sharding`: the batch sharding from `data_parallel_shardings`.
+
+    **Returns:**
+
+    `batch`, placed on the devices. Raises `ValueError` when the batch does not
+    divide evenly over the devices (nothing is dropped or padded silently).
+    """
+    num_devices = sharding.mesh.size
+
+    def place(x: Any) -> Array:
+        size = jnp.shape(x)[0] if jnp.ndim(x) else None
+        if size is None or size % num_devices:
+            raise ValueError(
+                f"shard_batch: a batch of {size} does not divide over {num_devices} "
+                f"devices; use a batch size that is a multiple of {num_devices}."
+            )
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(place, batch)
+
+
+# --- checkpoints -------------------------------------------------------------
+
+_MAGIC = "eqrnn-checkpoint"
+
+
+def _describe(tree: PyTree) -> list[list[Any]]:
+    """`[path, shape, dtype]` of every leaf that `tree_serialise_leaves` writes."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if eqx.is_array(leaf):
+            out.append([jax.tree_util.keystr(path), list(leaf.shape), str(leaf.dtype)])
+        elif isinstance(leaf, bool | int | float | complex):
+            out.append([jax.tree_util.keystr(path), [], type(leaf).__name__])
+    return out
+
+
+def save_checkpoint(path: str | Path | io.IOBase, tree: PyTree) -> None:
+    """Save a pytree (a model, an optimiser state, a step count, or a tuple of them)
+    with `equinox.tree_serialise_leaves`, behind a header that lets
+    `load_checkpoint` check the structure first. No pickle.
+
+    **Arguments:**
+
+    - `path`: a file name or a binary file object.
+    - `tree`: what to save.
+    """
+    header = json.dumps({"format": _MAGIC, "version": 1, "leaves": _describe(tree)})
+    if isinstance(path, str | Path):
+        with open(path, "wb") as f:
+            save_checkpoint(f, tree)
+        return
+    path.write(header.encode() + b"\n")
+    eqx.tree_serialise_leaves(path, tree)
+
+
+def load_checkpoint(path: str | Path | io.IOBase, like: PyTree) -> PyTree:
+    """Load what `save_checkpoint` wrote into a pytree shaped like `like`.
+
+    The structure is checked before anything is read: a checkpoint of a different
+    model raises `ValueError` naming the first leaf that differs (its path, shape and
+    dtype), and a corrupt or truncated file raises `ValueError` too. Nothing is loaded
+    partially: `like` is never modified and no half-filled tree is returned.
+
+    **Arguments:**
+
+    - `path`: a file name or a binary file object.
+    - `like`: a pytree with the structure, shapes and dtypes of what was saved (for
+        instance a freshly initialised model and optimiser state).
+
+    **Returns:**
+
+    A new pytree like `like`, holding the saved values.
+    """
+    if isinstance(path, str | Path):
+        with open(path, "rb") as f:
+            return load_checkpoint(f, like)
+    name = getattr(path, "name", "the checkpoint")
+    try:
+        header = json.loads(path.readline().decode())
+        if header.get("format") != _MAGIC:
+            raise ValueError
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise ValueError(
+            f"load_checkpoint: {name} is not an eqrnn checkpoint (no valid header)."
+        ) from None
+    saved, expected = header["leaves"], _describe(like)
+    for i in range(max(len(saved), len(expected))):
+        got = saved[i] if i < len(saved) else None
+        want = expected[i] if i < len(expected) else None
+        if got != want:
+            raise ValueError(
+                f"load_checkpoint: {name} does not match the structure of `like`: "
+                f"leaf {i} is {_leaf_str(got)} in the checkpoint but "
+                f"{_leaf_str(want)} in `like`."
+            )
+    try:
+        return eqx.tree_deserialise_leaves(path, like)
+    except Exception as e:  # numpy/equinox raise several kinds on truncated data
+        raise ValueError(f"load_checkpoint: {name} is corrupt or truncated: {e}") from e
+
+
+def _leaf_str(leaf: list[Any] | None) -> str:
+    if leaf is None:
+        return "absent"
+    path, shape, dtype = leaf
+    return f"`{path}` ({dtype}{list(shape) if shape else ''})"
