@@ -14,6 +14,7 @@ from ._custom_types import Hidden, HiddenLike, Input
 from ._misc import (
     check_hidden,
     check_input,
+    check_same_dtype,
     check_size,
     gate_kernels,
     make_bias,
@@ -106,6 +107,8 @@ class AbstractCell(eqx.Module):
         with jax.named_scope(f"eqrnn.{name}"):
             check_input(name, self.input_size, input)
             check_hidden(name, hidden, self.hidden_shapes())
+            check_same_dtype("input", input, self.dtype, name)
+            check_same_dtype("hidden", hidden, self.dtype, name)
             return self.step(self.project_inputs(jnp.asarray(input)), hidden)  # pyright: ignore[reportArgumentType]
 
 
@@ -159,8 +162,8 @@ class StackedGatesCell(AbstractCell):
     ) -> None:
         """Check the sizes, draw the weights and set every field; for `__init__`."""
         name = type(self).__name__
-        check_size("input_size", input_size)
-        check_size("hidden_size", hidden_size)
+        input_size = check_size("input_size", input_size)
+        hidden_size = check_size("hidden_size", hidden_size)
         if not isinstance(use_bias, bool):
             raise TypeError(f"{name}: `use_bias` must be a bool, got {use_bias!r}.")
         dtype = resolve_dtype(dtype)

@@ -47,8 +47,9 @@ class DigitClassifier(eqx.Module):
 
     def __init__(self, cell: str, hidden_size: int, *, key: PRNGKeyArray):
         cell_key, head_key = jr.split(key)
-        self.rnn = RNN(CELLS[cell](8, hidden_size, key=cell_key), return_hidden=True)
-        self.head = eqx.nn.Linear(hidden_size, 10, key=head_key)
+        rnn_cell = CELLS[cell](8, hidden_size, dtype=jnp.float32, key=cell_key)
+        self.rnn = RNN(rnn_cell, return_hidden=True)
+        self.head = eqx.nn.Linear(hidden_size, 10, dtype=jnp.float32, key=head_key)
 
     def hidden_states(self, image: Float[Array, "8 8"]) -> Float[Array, "8 hidden"]:
         outputs, _ = self.rnn(image)

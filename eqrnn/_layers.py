@@ -1,5 +1,6 @@
 """Whole-sequence layers on top of the scan helpers, one sequence at a time."""
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -377,6 +378,8 @@ class Bidirectional(eqx.Module):
                 "Bidirectional: `hidden` must be a pair `(forward_hidden, "
                 f"backward_hidden)`, got {type(hidden).__name__}."
             )
+        inputs = jnp.asarray(inputs)
+        length = check_length(length, inputs.shape[0], "Bidirectional")
         kf, kb = (None, None) if key is None else tuple(jr.split(key))
         out_f, final_f = self.forward.run(
             inputs, hidden[0], length=length, key=kf, reverse=False
@@ -455,8 +458,10 @@ class StackedRNN(eqx.Module):
             (as PyTorch's `dropout`), scaled by `1 / (1 - dropout)` when kept.
         - `residual`: add each layer's input to its output, for every layer but the
             first (whose input width usually differs), as in GNMT.
-        - `inference`: turn dropout off. Like `equinox.nn.Dropout`, this is toggled
-            by `equinox.nn.inference_mode`.
+        - `inference`: turn dropout off. Like `equinox.nn.Dropout`, this is a
+            (non-array) field toggled by `equinox.nn.inference_mode`, so transform a
+            `StackedRNN` with `eqx.filter_jit`/`eqx.filter_grad`, not plain
+            `jax.jit`/`jax.grad`.
         """
         layers = tuple(layers)
         if not layers:
@@ -467,7 +472,7 @@ class StackedRNN(eqx.Module):
                     f"StackedRNN: `layers[{i}]` must be an eqrnn.RNN or "
                     f"eqrnn.Bidirectional, got {type(layer).__name__}."
                 )
-        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
             raise TypeError(f"StackedRNN: `dropout` must be a float, got {dropout!r}.")
         if not 0 <= dropout < 1:
             raise ValueError(f"StackedRNN: `dropout` must be in [0, 1), got {dropout}.")
@@ -511,6 +516,8 @@ class StackedRNN(eqx.Module):
                 f"StackedRNN: `hidden` must hold one state per layer ({num_layers}), "
                 f"got {len(hidden)}."
             )
+        inputs = jnp.asarray(inputs)
+        length = check_length(length, inputs.shape[0], "StackedRNN")
         inference = self.inference if inference is None else inference
         use_dropout = self.dropout > 0 and not inference and num_layers > 1
         if use_dropout and key is None:

@@ -86,7 +86,8 @@ class LSTMCell(StackedGatesCell):
         - `kernel_init`: initialiser `init(key, (input_size, hidden_size), dtype)`
             for each gate's input weights (default LeCun normal, as Flax).
         - `recurrent_kernel_init`: the same for each gate's `(hidden_size,
-            hidden_size)` recurrent weights (default orthogonal, as Flax).
+            hidden_size)` recurrent weights (`(proj_size, hidden_size)` with a
+            projection; default orthogonal, as Flax).
         - `bias_init`: initialiser for `bias` (default zeros, as Flax).
         - `carry_init`: if given, initialiser for the starting `h` and `c`, drawn
             once here and stored as the trainable `initial_hidden`; else zeros.
@@ -110,7 +111,7 @@ class LSTMCell(StackedGatesCell):
                 "stored in the bias."
             )
         if proj_size is not None:
-            check_size("proj_size", proj_size)
+            proj_size = check_size("proj_size", proj_size)
             if proj_size >= hidden_size:
                 raise ValueError(
                     f"LSTMCell: `proj_size` must be smaller than `hidden_size` "

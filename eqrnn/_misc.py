@@ -1,5 +1,6 @@
 """Helpers shared by the cells: dtypes, initialisation and argument checks."""
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,9 +23,11 @@ def resolve_dtype(dtype: Any) -> Any:
     return dtype
 
 
-def check_size(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+def check_size(name: str, value: Any) -> int:
+    """A positive Python or NumPy integer, returned as `int`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return int(value)
 
 
 def gate_kernels(
@@ -75,6 +78,20 @@ def check_input(cell_name: str, input_size: int, input: Any) -> None:
             f"got shape {shape}.{hint}"
         )
     check_floating("input", jnp.result_type(input), cell_name)
+
+
+def check_same_dtype(name: str, value: Any, dtype: Any, where: str) -> None:
+    """Mixing dtypes is an error, not a silent cast: a hidden state keeps its dtype
+    only if everything it meets has that dtype."""
+    for leaf in jax.tree.leaves(value):
+        got = jnp.result_type(leaf)
+        if got != dtype:
+            raise TypeError(
+                f"{where}: `{name}` has dtype {got} but the cell's parameters are "
+                f"{jnp.dtype(dtype)}. Cast one of them, e.g. "
+                f"`{name}.astype({jnp.dtype(dtype)})`, or build the cell with "
+                f"`dtype={jnp.dtype(got)}`."
+            )
 
 
 def check_floating(name: str, dtype: Any, where: str) -> None:

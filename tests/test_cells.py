@@ -7,6 +7,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import jaxtyping
 import numpy as np
 import pytest
 
@@ -251,7 +252,17 @@ def test_lstm_hidden_of_wrong_structure_is_rejected(getkey, no_jaxtyping):
         cell(jnp.ones(3), jnp.zeros(4))
 
 
-def test_bad_input_is_also_caught_by_the_jaxtyping_annotations(getkey):
+def test_mixed_dtypes_are_an_error_not_a_silent_cast(getkey, no_jaxtyping):
+    cell = eqrnn.GRUCell(3, 4, dtype=jnp.bfloat16, key=getkey())
+    with pytest.raises(TypeError, match="`input` has dtype float32 but the cell's"):
+        cell(jnp.ones(3, jnp.float32), cell.init_hidden())
+    with pytest.raises(TypeError, match="`hidden` has dtype float32 but the cell's"):
+        cell(jnp.ones(3, jnp.bfloat16), jnp.zeros(4, jnp.float32))
+
+
+def test_the_jaxtyping_annotations_catch_what_the_library_does_not_check(getkey):
+    # `step` is the fast path's inner function: the library does not re-check its
+    # arguments, the annotations do (under the test suite's jaxtyping hook).
     cell = eqrnn.GRUCell(3, 4, key=getkey())
-    with pytest.raises((TypeError, ValueError)):
-        cell(jnp.ones((2, 3)), jnp.zeros(4))
+    with pytest.raises(jaxtyping.TypeCheckError):
+        cell.step(jnp.ones((2, 12)), cell.init_hidden())

@@ -543,6 +543,28 @@ REFUSED: list[tuple[str, Callable[[Any], Any], str]] = [
         "residual",
     ),
     (
+        "residual_in_upper_layer_to_torch",
+        lambda k: to_torch(
+            eqrnn.StackedRNN(
+                [
+                    eqrnn.RNN(_cell("simple", k)),
+                    eqrnn.RNN(eqrnn.SimpleCell(HIDDEN, HIDDEN, residual=True, key=k)),
+                ]
+            )
+        ),
+        "residual=True",
+    ),
+    (
+        "residual_backward_cell_to_torch",
+        lambda k: to_torch(
+            eqrnn.Bidirectional(
+                eqrnn.RNN(_cell("simple", k)),
+                eqrnn.RNN(eqrnn.SimpleCell(INPUT, HIDDEN, residual=True, key=k)),
+            )
+        ),
+        "residual=True",
+    ),
+    (
         "gelu_to_torch",
         lambda k: to_torch(_cell("simple", k, activation_fn=jax.nn.gelu)),
         "activation_fn=gelu.*'tanh' or 'relu'",

@@ -6,6 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import jaxtyping
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -89,6 +90,13 @@ def test_scan_from_a_given_hidden_state_with_unroll(cls, getkey):
     assert_tree_allclose(hiddens, ref_hiddens)
 
 
+def test_an_empty_sequence_returns_the_starting_state(getkey):
+    cell = eqrnn.GRUCell(3, 4, key=getkey())
+    h0 = jnp.ones(4)
+    assert_tree_allclose(eqrnn.scan_last(cell, jnp.ones((0, 3)), h0), h0)
+    assert eqrnn.scan_all_hidden(cell, jnp.ones((0, 3))).shape == (0, 4)
+
+
 def test_length_zero_returns_the_starting_state_and_zero_states(getkey):
     cell = eqrnn.LSTMCell(3, 4, key=getkey())
     h0 = (jnp.ones(4), 2 * jnp.ones(4))
@@ -99,8 +107,9 @@ def test_length_zero_returns_the_starting_state_and_zero_states(getkey):
     assert_tree_allclose(hiddens, (jnp.zeros((6, 4)), jnp.zeros((6, 4))))
 
 
-def test_vmap_over_sequences_and_lengths_equals_per_example_loop(getkey):
-    cell = random_params(eqrnn.GRUCell(3, 4, key=getkey()), getkey())
+@pytest.mark.parametrize("cls", CELLS)
+def test_vmap_over_sequences_and_lengths_equals_per_example_loop(cls, getkey):
+    cell = random_params(cls(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (4, 6, 3))
     lengths = jnp.array([6, 0, 3, 1])
 
@@ -111,13 +120,16 @@ def test_vmap_over_sequences_and_lengths_equals_per_example_loop(getkey):
         )
 
     out = batched(xs, lengths)
-    assert out.shape == (4, 6, 4)
+    for leaf in jax.tree.leaves(out):
+        assert leaf.shape == (4, 6, 4)
     for b in range(4):
-        assert_tree_allclose(out[b], python_loop(cell, xs[b], length=lengths[b])[1])
+        row = jax.tree.map(lambda a, b=b: a[b], out)
+        assert_tree_allclose(row, python_loop(cell, xs[b], length=lengths[b])[1])
 
 
-def test_resets_equal_running_the_pieces_separately(getkey):
-    cell = random_params(eqrnn.LSTMCell(3, 4, key=getkey()), getkey())
+@pytest.mark.parametrize("cls", CELLS)
+def test_resets_equal_running_the_pieces_separately(cls, getkey):
+    cell = random_params(cls(3, 4, key=getkey()), getkey())
     xs = jr.normal(getkey(), (7, 3))
     resets = jnp.zeros(7, bool).at[3].set(True)
     whole = eqrnn.scan_all_hidden(cell, xs, resets=resets)
@@ -343,9 +355,20 @@ def test_callable_without_init_hidden_needs_hidden(no_jaxtyping):
         eqrnn.scan_last(cell, jnp.ones((6, 3)))
 
 
-def test_bad_input_is_also_caught_by_the_jaxtyping_annotations(gru):
-    with pytest.raises(TypeError):
-        eqrnn.scan_all_hidden(gru, jnp.ones((6, 3)), resets=jnp.zeros(6, jnp.int32))
+def test_mixed_dtypes_are_an_error_not_a_silent_cast(getkey, no_jaxtyping):
+    cell = eqrnn.LSTMCell(3, 4, dtype=jnp.bfloat16, key=getkey())
+    with pytest.raises(TypeError, match="`inputs` has dtype float32 but the cell's"):
+        eqrnn.scan_all_hidden(cell, jnp.ones((5, 3), jnp.float32))
+    h0 = (jnp.zeros(4, jnp.float32), jnp.zeros(4, jnp.float32))
+    with pytest.raises(TypeError, match="`hidden` has dtype float32 but the cell's"):
+        eqrnn.scan_last(cell, jnp.ones((5, 3), jnp.bfloat16), h0)
+
+
+def test_the_jaxtyping_annotations_check_shapes_across_arguments(gru):
+    # `resets` of length 5 against 6 steps: the annotations bind `time` across
+    # `inputs` and `resets` and reject it before the library's own check runs.
+    with pytest.raises(jaxtyping.TypeCheckError):
+        eqrnn.scan_all_hidden(gru, jnp.ones((6, 3)), resets=jnp.zeros(5, bool))
 
 
 # --- properties --------------------------------------------------------------

@@ -513,7 +513,15 @@ def _stack_to_torch(torch: Any, stack: StackedRNN) -> Any:
         check_cell(c, "PyTorch") for layer in stack.layers for c in layer_cells(layer)
     ]
     first = cells[0]
-    settings = ("hidden_size", "use_bias", "dtype", "proj_size", "activation_fn")
+    settings = (
+        "hidden_size",
+        "use_bias",
+        "dtype",
+        "proj_size",
+        "activation_fn",
+        "gate_fn",
+        "residual",
+    )
     for c in cells[1:]:
         if type(c) is not type(first):
             raise ValueError(
@@ -526,7 +534,8 @@ def _stack_to_torch(torch: Any, stack: StackedRNN) -> Any:
             if not (a is b or a == b):
                 raise ValueError(
                     "A PyTorch RNN has the same `hidden_size`, bias, dtype, "
-                    "`proj_size` and nonlinearity in every layer and direction, but "
+                    "`proj_size`, nonlinearity and no residual in every layer and "
+                    "direction, but "
                     f"this StackedRNN has {name}={a!r} and {name}={b!r}, so it cannot "
                     "be converted."
                 )
