@@ -43,3 +43,14 @@ def test_demo_learns_and_writes_a_plot_and_a_checkpoint(tmp_path):
 def test_demo_rejects_an_unknown_cell(tmp_path):
     with pytest.raises(ValueError, match="`cell` must be one of"):
         run_demo(cell="transformer", out_dir=tmp_path)
+
+
+def test_eqrnn_demo_command_prints_the_accuracy_and_writes_its_files(tmp_path, capsys):
+    from eqrnn._cli import main
+
+    out = tmp_path / "run"
+    status = main(["demo", "--steps", "20", "--hidden-size", "8", "--out", str(out)])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "Held-out accuracy:" in printed and "360 test images" in printed
+    assert (out / "hidden_states.png").exists() and (out / "model.eqx").exists()

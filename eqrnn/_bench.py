@@ -1,0 +1,989 @@
+"""`eqrnn bench`: eqrnn and its peers, side by side, in one run.
+
+Every implementation computes the same thing from the same weights and inputs: all
+hidden states of a batch of sequences (batch first, float32), the loss
+`sum(h of every step and example)`, and for the forward+backward pass the gradient of
+that loss w.r.t. the parameters and the inputs.
+
+- eqrnn: `jax.vmap(lambda x: eqrnn.scan_all_hidden(cell, x))(inputs)`, differentiated
+  on an `eqx.partition` of the cell into parameters and static parts.
+- PyTorch: `torch.nn.LSTM` / `torch.nn.GRU` (CPU, `batch_first=True`), with as many
+  threads as XLA uses cores; the forward pass runs under `torch.no_grad()`, as
+  inference would, so PyTorch may pick its inference kernels there.
+- Flax NNX: `nnx.RNN(cell)` with `nnx.LSTMCell`, `nnx.OptimizedLSTMCell` or
+  `nnx.GRUCell` (batched cells, scanned over time by Flax).
+- Equinox: `eqx.nn.LSTMCell` / `eqx.nn.GRUCell` under a hand-written `jax.lax.scan`
+  inside `jax.vmap`, the classic pattern.
+
+The GRU's `b_hn` is zero in the shared weights, because Flax's `GRUCell` has no such
+term; every other weight and bias is drawn at random.
+
+Timing: each JAX function is compiled ahead of time (`jax.jit(f).lower(...).compile()`,
+whose wall time is reported as the compile time) and the compiled executable is what
+is timed. After warm-up calls, every repetition runs every (implementation, pass) once,
+in an order rotated by one each repetition (round-robin), so that noise on a shared
+machine hits all of them alike; the garbage collector runs between repetitions only.
+Each call ends with `jax.block_until_ready` on its result (PyTorch on CPU is
+synchronous). Times are wall-clock (`time.perf_counter`), reported as the median and
+the minimum over repetitions.
+
+Peak memory: for JAX, the compiled executable's `memory_analysis()`, i.e. XLA's buffer
+plan: argument + output + temp bytes. For PyTorch, the bytes of the parameters and
+inputs plus the peak of the CPU allocator's live bytes during one call, from
+`torch.profiler`'s allocation events. Where it cannot be measured it is reported as
+n/a.
+
+Nothing here imports torch or flax at module level: each peer is imported when it is
+run, and a peer that fails to import is skipped with a note.
+"""
+
+import contextlib
+import dataclasses
+import datetime
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._gru import GRUCell
+from ._lstm import LSTMCell
+from ._scan import scan_all_hidden
+
+
+@runtime_checkable
+class TextOut(Protocol):
+    """Where the tables go: `sys.stdout`, a file, an `io.StringIO`."""
+
+    def write(self, s: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """A problem size: `time` steps, `batch` sequences, `input_size`, `hidden_size`."""
+
+    name: str
+    time: int
+    batch: int
+    input_size: int
+    hidden_size: int
+
+    def describe(self) -> str:
+        return f"T={self.time} B={self.batch} I={self.input_size} H={self.hidden_size}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "T": self.time,
+            "B": self.batch,
+            "I": self.input_size,
+            "H": self.hidden_size,
+        }
+
+
+SIZES: dict[str, Size] = {
+    "small": Size("small", 2048, 8, 32, 64),
+    "mid": Size("mid", 256, 32, 64, 256),
+    "large": Size("large", 128, 64, 128, 512),
+}
+CHECKPOINT_STUDY_SIZE = Size("checkpoint-study", 4096, 8, 32, 64)
+CELLS = ("lstm", "gru")
+PEERS = ("torch", "flax", "equinox")
+PASSES = ("fwd", "fwd_bwd")
+PASS_LABELS = {"fwd": "fwd", "fwd_bwd": "fwd+bwd"}
+
+JAX_COMPILE_METHOD = (
+    "wall time of jax.jit(f).lower(*args).compile(): tracing, lowering and XLA "
+    "compilation"
+)
+JAX_MEMORY_METHOD = (
+    "XLA buffer plan of the compiled executable (memory_analysis()): "
+    "argument + output + temp bytes"
+)
+TORCH_MEMORY_METHOD = (
+    "bytes of the parameters and inputs + peak live bytes of the CPU allocator during "
+    "one call, from torch.profiler(profile_memory=True) allocation events"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What `run_bench` measures; the command line builds one from its options."""
+
+    cells: tuple[str, ...] = CELLS
+    sizes: tuple[Size, ...] = tuple(SIZES.values())
+    peers: tuple[str, ...] = PEERS
+    passes: tuple[str, ...] = PASSES
+    reps: int = 10
+    warmup: int = 2
+    unroll: int = 1
+    checkpoint: bool | int = False
+    checkpoint_study: bool = False
+    json_path: str | None = None
+    seed: int = 0
+    command: tuple[str, ...] = ()
+
+
+# --- Shared weights ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Weights in PyTorch's layout (`weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`,
+    gates stacked LSTM i, f, g, o / GRU r, z, n) and a batch of inputs, float32."""
+
+    cell: str
+    size: Size
+    weight_ih: np.ndarray
+    weight_hh: np.ndarray
+    bias_ih: np.ndarray
+    bias_hh: np.ndarray
+    inputs: np.ndarray  # (batch, time, input_size)
+
+    @property
+    def folded_bias(self) -> np.ndarray:
+        """The bias eqrnn, Equinox and Flax add once: `b_ih + b_hh` (for the GRU, only
+        the r and z parts of `b_hh`; its `b_hn` stays apart)."""
+        if self.cell == "lstm":
+            return self.bias_ih + self.bias_hh
+        h = self.size.hidden_size
+        return np.concatenate(
+            [self.bias_ih[: 2 * h] + self.bias_hh[: 2 * h], self.bias_ih[2 * h :]]
+        )
+
+    @property
+    def bias_hn(self) -> np.ndarray:
+        return self.bias_hh[2 * self.size.hidden_size :]
+
+    @property
+    def parameter_bytes(self) -> int:
+        arrays = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        return sum(a.nbytes for a in arrays)
+
+
+def make_problem(cell: str, size: Size, seed: int) -> Problem:
+    """Weights drawn as PyTorch draws them, U(-1/sqrt(H), 1/sqrt(H)), and N(0, 1)
+    inputs."""
+    rng = np.random.default_rng(seed)
+    h = size.hidden_size
+    gates = 4 if cell == "lstm" else 3
+    bound = 1.0 / math.sqrt(h)
+
+    def draw(*shape: int) -> np.ndarray:
+        return rng.uniform(-bound, bound, shape).astype(np.float32)
+
+    weight_ih = draw(gates * h, size.input_size)
+    weight_hh = draw(gates * h, h)
+    bias_ih = draw(gates * h)
+    bias_hh = draw(gates * h)
+    if cell == "gru":
+        # Flax's GRUCell has no b_hn: zero it, so every implementation computes the
+        # same function.
+        bias_hh[2 * h :] = 0.0
+    inputs = rng.standard_normal((size.batch, size.time, size.input_size))
+    return Problem(
+        cell,
+        size,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        inputs.astype(np.float32),
+    )
+
+
+# --- Implementations ---------------------------------------------------------------
+
+
+class Implementation:
+    """One implementation, ready to run each pass (`"fwd"`, `"fwd_bwd"`).
+
+    `call(pass_)` runs one pass to completion and returns its result; `summarize`
+    turns a result into the loss (and the norm of the input gradient) for the
+    cross-check; `compile_info` and `memory` describe the pass.
+    """
+
+    name: str
+    peer: str
+
+    def prepare(self, pass_: str) -> None:
+        raise NotImplementedError
+
+    def call(self, pass_: str) -> Any:
+        raise NotImplementedError
+
+    def summarize(self, pass_: str, result: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    def compile_info(self, pass_: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def measure_memory(self, pass_: str) -> None:
+        """Measure what `memory` reports, where that needs a run (after timing)."""
+
+    def memory(self, pass_: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class JaxImplementation(Implementation):
+    """A JAX loss `loss_fn(params, inputs)`, compiled ahead of time: the forward
+    pass is `loss_fn`, the forward+backward pass `jax.value_and_grad(loss_fn,
+    argnums=(0, 1))`."""
+
+    def __init__(
+        self,
+        name: str,
+        peer: str,
+        loss_fn: Callable[[Any, Any], Any],
+        params: Any,
+        inputs: Any,
+    ):
+        self.name = name
+        self.peer = peer
+        self._loss_fn = loss_fn
+        self._params = params
+        self._inputs = inputs
+        self._compiled: dict[str, Any] = {}
+        self._compile_info: dict[str, dict[str, Any]] = {}
+
+    def prepare(self, pass_: str) -> None:
+        if pass_ == "fwd":
+            fn = self._loss_fn
+        else:
+            fn = jax.value_and_grad(self._loss_fn, argnums=(0, 1))
+        start = time.perf_counter()
+        lowered = jax.jit(fn).lower(self._params, self._inputs)
+        lowered_at = time.perf_counter()
+        self._compiled[pass_] = lowered.compile()
+        end = time.perf_counter()
+        self._compile_info[pass_] = {
+            "method": JAX_COMPILE_METHOD,
+            "seconds": end - start,
+            "trace_lower_s": lowered_at - start,
+            "xla_compile_s": end - lowered_at,
+        }
+
+    def call(self, pass_: str) -> Any:
+        return jax.block_until_ready(self._compiled[pass_](self._params, self._inputs))
+
+    def summarize(self, pass_: str, result: Any) -> dict[str, float]:
+        if pass_ == "fwd":
+            return {"loss": float(result)}
+        loss, (_, grad_inputs) = result
+        norm = np.linalg.norm(np.asarray(grad_inputs, np.float64))
+        return {"loss": float(loss), "grad_inputs_norm": float(norm)}
+
+    def compile_info(self, pass_: str) -> dict[str, Any]:
+        return self._compile_info[pass_]
+
+    def memory(self, pass_: str) -> dict[str, Any]:
+        try:
+            stats = self._compiled[pass_].memory_analysis()
+        except Exception as e:  # a backend without it: say so, never guess.
+            return {"peak_bytes": None, "method": f"n/a ({type(e).__name__}: {e})"}
+        if stats is None:
+            return {"peak_bytes": None, "method": "n/a (memory_analysis() is None)"}
+        temp = int(stats.temp_size_in_bytes)
+        argument = int(stats.argument_size_in_bytes)
+        output = int(stats.output_size_in_bytes)
+        return {
+            "peak_bytes": temp + argument + output,
+            "method": JAX_MEMORY_METHOD,
+            "temp_bytes": temp,
+            "argument_bytes": argument,
+            "output_bytes": output,
+            "alias_bytes": int(stats.alias_size_in_bytes),
+        }
+
+
+def _h_of(cell: str, hiddens: Any) -> Any:
+    """What the layer above sees: `h` of an LSTM's `(h, c)`."""
+    return hiddens[0] if cell == "lstm" else hiddens
+
+
+def _jax_inputs(problem: Problem) -> Any:
+    return jnp.asarray(problem.inputs, jnp.float32)
+
+
+def _with_shared_weights(
+    problem: Problem, make: Callable[[Any], Any], bias_hn_field: str
+) -> Any:
+    """An eqrnn or Equinox cell holding the shared weights. Only the cell's structure
+    is built (`eqx.filter_eval_shape`), so its initialisers neither run nor compile;
+    `bias_hn_field` names the GRU's `b_hn` field."""
+    abstract = eqx.filter_eval_shape(make, jax.random.key(0))
+    fields = ["weight_ih", "weight_hh", "bias"]
+    values = [problem.weight_ih, problem.weight_hh, problem.folded_bias]
+    if problem.cell == "gru":
+        fields.append(bias_hn_field)
+        values.append(problem.bias_hn)
+    cell = eqx.tree_at(
+        lambda c: tuple(getattr(c, f) for f in fields),
+        abstract,
+        tuple(jnp.asarray(v, jnp.float32) for v in values),
+    )
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(cell)):
+        raise TypeError(
+            f"{type(cell).__name__} has parameters the benchmark does not set"
+        )
+    return cell
+
+
+def build_eqrnn(
+    problem: Problem,
+    *,
+    unroll: int = 1,
+    checkpoint: bool | int = False,
+    name: str = "eqrnn",
+) -> Implementation:
+    size = problem.size
+    cls = LSTMCell if problem.cell == "lstm" else GRUCell
+    cell = _with_shared_weights(
+        problem,
+        lambda key: cls(size.input_size, size.hidden_size, dtype=jnp.float32, key=key),
+        "bias_hn",
+    )
+    params, static = eqx.partition(cell, eqx.is_inexact_array)
+    kind = problem.cell
+
+    def loss_fn(params: Any, inputs: Any) -> Any:
+        cell = eqx.combine(params, static)
+        hiddens = jax.vmap(
+            lambda x: scan_all_hidden(cell, x, unroll=unroll, checkpoint=checkpoint)
+        )(inputs)
+        return jnp.sum(_h_of(kind, hiddens))
+
+    return JaxImplementation(name, "eqrnn", loss_fn, params, _jax_inputs(problem))
+
+
+def build_equinox(problem: Problem) -> Implementation:
+    size = problem.size
+    h = size.hidden_size
+    cls = eqx.nn.LSTMCell if problem.cell == "lstm" else eqx.nn.GRUCell
+    cell = _with_shared_weights(
+        problem,
+        lambda key: cls(size.input_size, h, dtype=jnp.float32, key=key),
+        "bias_n",
+    )
+    params, static = eqx.partition(cell, eqx.is_inexact_array)
+    kind = problem.cell
+
+    def loss_fn(params: Any, inputs: Any) -> Any:
+        cell = eqx.combine(params, static)
+        zeros = jnp.zeros(h, jnp.float32)
+        init = (zeros, zeros) if kind == "lstm" else zeros
+
+        def one_sequence(x: Any) -> Any:
+            def step(hidden: Any, x_t: Any) -> tuple[Any, Any]:
+                hidden = cell(x_t, hidden)
+                return hidden, hidden
+
+            _, hiddens = jax.lax.scan(step, init, x)
+            return hiddens
+
+        return jnp.sum(_h_of(kind, jax.vmap(one_sequence)(inputs)))
+
+    return JaxImplementation(
+        "equinox", "equinox", loss_fn, params, _jax_inputs(problem)
+    )
+
+
+_FLAX_LSTM_GATES = (("ii", "hi"), ("if_", "hf"), ("ig", "hg"), ("io", "ho"))
+
+
+def _flax_params(problem: Problem, flax_cell: str) -> dict[str, Any]:
+    """The shared weights as the pure-dict parameters of `nnx.RNN(flax_cell)`; Flax
+    kernels are `(in, out)`."""
+    h = problem.size.hidden_size
+    w_ih, w_hh, bias = problem.weight_ih, problem.weight_hh, problem.folded_bias
+    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    if flax_cell == "LSTMCell":
+        cell: dict[str, Any] = {}
+        for g, (i_name, h_name) in enumerate(_FLAX_LSTM_GATES):
+            rows = slice(g * h, (g + 1) * h)
+            cell[i_name] = {"kernel": f32(w_ih[rows].T)}
+            cell[h_name] = {"kernel": f32(w_hh[rows].T), "bias": f32(bias[rows])}
+    elif flax_cell == "OptimizedLSTMCell":
+        cell = {
+            "dense_i": {"kernel": f32(w_ih.T)},
+            "dense_h": {"kernel": f32(w_hh.T), "bias": f32(bias)},
+        }
+    else:
+        cell = {
+            "dense_i": {"kernel": f32(w_ih.T), "bias": f32(bias)},
+            "dense_h": {"kernel": f32(w_hh.T)},
+        }
+    return {"cell": cell}
+
+
+def build_flax(problem: Problem, flax_cell: str) -> Implementation:
+    from flax import nnx
+
+    size = problem.size
+    h = size.hidden_size
+    cls = getattr(nnx, flax_cell)
+
+    def make() -> Any:
+        cell = cls(
+            size.input_size,
+            h,
+            dtype=jnp.float32,
+            param_dtype=jnp.float32,
+            rngs=nnx.Rngs(0),
+        )
+        return nnx.RNN(cell, rngs=False)
+
+    # The structure only, so that the initialisers neither run nor compile.
+    graphdef, params, rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    nnx.replace_by_pure_dict(params, _flax_params(problem, flax_cell))
+    kind = problem.cell
+
+    def loss_fn(params: Any, inputs: Any) -> Any:
+        rnn = nnx.merge(graphdef, params, rest)
+        zeros = jnp.zeros((inputs.shape[0], h), jnp.float32)
+        carry = (zeros, zeros) if kind == "lstm" else zeros  # LSTM: (c, h)
+        return jnp.sum(rnn(inputs, initial_carry=carry))
+
+    return JaxImplementation(
+        f"flax {flax_cell}", "flax", loss_fn, params, _jax_inputs(problem)
+    )
+
+
+@contextlib.contextmanager
+def _without_kineto_banner() -> Iterator[None]:
+    """torch.profiler's Kineto backend prints `USDT:`/`STAGE:` lines straight to file
+    descriptor 2 when it starts and stops, and the allocator a warning for each block
+    freed that was allocated before (which the peak rightly leaves out): drop those
+    lines, pass on the rest."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(True):
+                if not (
+                    line.startswith(("USDT:", "STAGE:"))
+                    or "allocated before the profiling started" in line
+                ):
+                    sys.stderr.write(line)
+
+
+def _torch_peak_allocated(fn: Callable[[], Any]) -> tuple[int | None, str]:
+    """The peak of the CPU allocator's live bytes while `fn` runs, above what was
+    live before, or `(None, why)`."""
+    try:
+        from torch._C._profiler import _EventType
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError as e:
+        return None, f"n/a (torch.profiler unavailable: {e})"
+    with _without_kineto_banner():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    try:
+        roots = prof.profiler.kineto_results.experimental_event_tree()  # pyright: ignore[reportOptionalMemberAccess]
+    except AttributeError as e:
+        return None, f"n/a (no allocation events: {e})"
+    events: list[tuple[int, int]] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation:
+            fields: Any = node.extra_fields  # an allocation's fields
+            if str(fields.device) == "cpu":
+                events.append((node.start_time_ns, int(fields.alloc_size)))
+    if not events:
+        return None, "n/a (the profiler recorded no CPU allocations)"
+    live = peak = 0
+    for _, nbytes in sorted(events):
+        live += nbytes
+        peak = max(peak, live)
+    return peak, TORCH_MEMORY_METHOD
+
+
+class TorchImplementation(Implementation):
+    """`torch.nn.LSTM` / `torch.nn.GRU`, CPU, `batch_first=True`, float32."""
+
+    def __init__(self, problem: Problem):
+        import torch
+
+        self._torch = torch
+        size = problem.size
+        cls = torch.nn.LSTM if problem.cell == "lstm" else torch.nn.GRU
+        self.name = "torch"
+        self.peer = "torch"
+        self._module = cls(
+            size.input_size, size.hidden_size, batch_first=True, dtype=torch.float32
+        )
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                param = getattr(self._module, f"{name}_l0")
+                param.copy_(torch.from_numpy(getattr(problem, name)))
+        self._inputs = torch.from_numpy(problem.inputs)
+        self._argument_bytes = problem.parameter_bytes + problem.inputs.nbytes
+        self._memory: dict[str, dict[str, Any]] = {}
+
+    def prepare(self, pass_: str) -> None:
+        pass
+
+    def call(self, pass_: str) -> Any:
+        torch = self._torch
+        if pass_ == "fwd":
+            with torch.no_grad():
+                out, _ = self._module(self._inputs)
+                return out.sum()
+        for param in self._module.parameters():
+            param.grad = None
+        inputs = self._inputs.detach().requires_grad_(True)
+        out, _ = self._module(inputs)
+        loss = out.sum()
+        loss.backward()
+        return loss, inputs.grad
+
+    def summarize(self, pass_: str, result: Any) -> dict[str, float]:
+        if pass_ == "fwd":
+            return {"loss": float(result.item())}
+        loss, grad_inputs = result
+        norm = np.linalg.norm(grad_inputs.numpy().astype(np.float64))
+        return {"loss": float(loss.item()), "grad_inputs_norm": float(norm)}
+
+    def compile_info(self, pass_: str) -> dict[str, Any]:
+        return {"method": "eager (nothing to compile)", "seconds": None}
+
+    def measure_memory(self, pass_: str) -> None:
+        peak, method = _torch_peak_allocated(lambda: self.call(pass_))
+        self._memory[pass_] = {
+            "peak_bytes": None if peak is None else self._argument_bytes + peak,
+            "method": method,
+            "argument_bytes": self._argument_bytes,
+            "allocated_peak_bytes": peak,
+        }
+
+    def memory(self, pass_: str) -> dict[str, Any]:
+        return self._memory[pass_]
+
+
+# --- Peers -------------------------------------------------------------------------
+
+
+def load_peers(
+    requested: Sequence[str], out: TextOut
+) -> tuple[list[str], dict[str, str]]:
+    """Import each requested peer; one that fails is skipped with a printed note."""
+    modules = {"torch": "torch", "flax": "flax.nnx", "equinox": "equinox"}
+    loaded: list[str] = []
+    skipped: dict[str, str] = {}
+    for peer in requested:
+        try:
+            importlib.import_module(modules[peer])
+        except ImportError as e:
+            skipped[peer] = f"{type(e).__name__}: {e}"
+            print(f"note: skipping {peer}, it cannot be imported ({e}).", file=out)
+        else:
+            loaded.append(peer)
+    return loaded, skipped
+
+
+def build_implementations(
+    problem: Problem, peers: Sequence[str], config: BenchConfig
+) -> list[Implementation]:
+    impls = [build_eqrnn(problem, unroll=config.unroll, checkpoint=config.checkpoint)]
+    if "torch" in peers:
+        impls.append(TorchImplementation(problem))
+    if "flax" in peers:
+        flax_cells = (
+            ("LSTMCell", "OptimizedLSTMCell")
+            if problem.cell == "lstm"
+            else ("GRUCell",)
+        )
+        impls.extend(build_flax(problem, c) for c in flax_cells)
+    if "equinox" in peers:
+        impls.append(build_equinox(problem))
+    return impls
+
+
+# --- Measurement -------------------------------------------------------------------
+
+
+def measure(
+    impls: Sequence[Implementation],
+    passes: Sequence[str],
+    reps: int,
+    warmup: int,
+) -> list[dict[str, Any]]:
+    """Compile, warm up, then time every (implementation, pass) round-robin.
+
+    Returns one record per implementation with, per pass, the per-repetition times,
+    their median and minimum, compile time, memory and the first call's loss.
+    """
+    records: list[dict[str, Any]] = []
+    for impl in impls:
+        record: dict[str, Any] = {"implementation": impl.name, "peer": impl.peer}
+        for pass_ in passes:
+            impl.prepare(pass_)
+            first = impl.summarize(pass_, impl.call(pass_))
+            for _ in range(warmup - 1):
+                impl.call(pass_)
+            if pass_ == "fwd" or "loss" not in record:
+                record["loss"] = first["loss"]
+            if "grad_inputs_norm" in first:
+                record["grad_inputs_norm"] = first["grad_inputs_norm"]
+            record[pass_] = {
+                "first_loss": first["loss"],
+                "times_ms": [],
+                "compile": impl.compile_info(pass_),
+            }
+        records.append(record)
+
+    slots = [(i, pass_) for i in range(len(impls)) for pass_ in passes]
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for rep in range(reps):
+            shift = rep % len(slots)
+            for i, pass_ in slots[shift:] + slots[:shift]:
+                start = time.perf_counter()
+                impls[i].call(pass_)
+                elapsed = time.perf_counter() - start
+                records[i][pass_]["times_ms"].append(1e3 * elapsed)
+            gc.collect()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+    # Memory last: PyTorch's is measured under the profiler, which must not
+    # perturb the timings.
+    for impl, record in zip(impls, records, strict=True):
+        for pass_ in passes:
+            impl.measure_memory(pass_)
+            record[pass_]["memory"] = impl.memory(pass_)
+            times = record[pass_]["times_ms"]
+            record[pass_]["median_ms"] = statistics.median(times)
+            record[pass_]["min_ms"] = min(times)
+    _add_ratios(records, passes)
+    return records
+
+
+def _add_ratios(records: list[dict[str, Any]], passes: Sequence[str]) -> None:
+    by_name = {r["implementation"]: r for r in records}
+    eqrnn = by_name.get("eqrnn")
+    torch = by_name.get("torch")
+    for record in records:
+        if eqrnn is not None:
+            ref = eqrnn["loss"]
+            record["loss_rel_diff_vs_eqrnn"] = abs(record["loss"] - ref) / max(
+                abs(ref), 1e-30
+            )
+        for pass_ in passes:
+            entry = record[pass_]
+            for key, ref_record in (("torch", torch), ("eqrnn", eqrnn)):
+                for stat in ("median", "min"):
+                    entry[f"{stat}_ratio_to_{key}"] = (
+                        None
+                        if ref_record is None
+                        else entry[f"{stat}_ms"] / ref_record[pass_][f"{stat}_ms"]
+                    )
+
+
+# --- Output ------------------------------------------------------------------------
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}"
+
+
+def _fmt_compile(info: dict[str, Any]) -> str:
+    seconds = info.get("seconds")
+    return "eager" if seconds is None else f"{seconds:.2f}"
+
+
+def _fmt_mib(memory: dict[str, Any]) -> str:
+    peak = memory.get("peak_bytes")
+    return "n/a" if peak is None else f"{peak / 2**20:.3g}"
+
+
+def format_block(
+    title: str, records: Sequence[dict[str, Any]], passes: Sequence[str], reps: int
+) -> str:
+    """The table of one (cell, size): times in ms, median [min] over `reps`, and
+    their ratios to PyTorch's median and min."""
+    header = ["implementation"]
+    for pass_ in passes:
+        label = PASS_LABELS[pass_]
+        header += [f"{label} ms", "/torch med|min"]
+    header += [
+        "compile s " + "|".join(PASS_LABELS[p] for p in passes),
+        "peak MiB " + "|".join(PASS_LABELS[p] for p in passes),
+    ]
+    rows = [header]
+    for r in records:
+        row = [r["implementation"]]
+        for pass_ in passes:
+            e = r[pass_]
+            row += [
+                f"{_fmt_ms(e['median_ms'])} [{_fmt_ms(e['min_ms'])}]",
+                f"{_fmt_ratio(e['median_ratio_to_torch'])}|"
+                f"{_fmt_ratio(e['min_ratio_to_torch'])}",
+            ]
+        row += [
+            "|".join(_fmt_compile(r[p]["compile"]) for p in passes),
+            "|".join(_fmt_mib(r[p]["memory"]) for p in passes),
+        ]
+        rows.append(row)
+    widths = [max(len(row[j]) for row in rows) for j in range(len(header))]
+    lines = [f"== {title}: ms = median [min] of {reps} reps"]
+    for row in rows:
+        cells = [
+            c.ljust(w) if j == 0 else c.rjust(w)
+            for j, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    speedups = []
+    for r in records:
+        if r["peer"] != "flax" or r[passes[0]]["median_ratio_to_eqrnn"] is None:
+            continue
+        parts = ", ".join(
+            f"{PASS_LABELS[p]} {r[p]['median_ratio_to_eqrnn']:.2f}x" for p in passes
+        )
+        speedups.append(f"{r['implementation'].removeprefix('flax ')} {parts}")
+    if speedups:
+        lines.append(
+            "eqrnn speedup vs Flax (flax median / eqrnn median): " + "; ".join(speedups)
+        )
+    return "\n".join(lines)
+
+
+def _loss_notes(records: Sequence[dict[str, Any]], tolerance: float) -> list[str]:
+    notes = []
+    for r in records:
+        diff = r.get("loss_rel_diff_vs_eqrnn")
+        if diff is not None and diff > tolerance:
+            notes.append(
+                f"note: {r['implementation']}'s loss {r['loss']:.7g} differs from "
+                f"eqrnn's by {diff:.1e} (relative)."
+            )
+    return notes
+
+
+def machine_info(torch_threads: int | None) -> dict[str, Any]:
+    def version(module: str) -> str | None:
+        mod = sys.modules.get(module)
+        return None if mod is None else getattr(mod, "__version__", None)
+
+    import eqrnn
+
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "jax_cores": jax_core_count(),
+        "torch_num_threads": torch_threads,
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "versions": {
+            "eqrnn": eqrnn.__version__,
+            "jax": jax.__version__,
+            "jaxlib": version("jaxlib"),
+            "equinox": eqx.__version__,
+            "numpy": np.__version__,
+            "torch": version("torch"),
+            "flax": version("flax"),
+        },
+    }
+
+
+def jax_core_count() -> int:
+    """The cores XLA's CPU thread pool uses: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# --- Runs --------------------------------------------------------------------------
+
+
+def run_bench(config: BenchConfig, out: TextOut | None = None) -> dict[str, Any]:
+    """Run the benchmark that `config` describes, print its tables to `out` (default
+    stdout), write the JSON report if `config.json_path` is set, and return it."""
+    # sys.stdout is typed `TextIO | Any`: declare, so that the `Any` does not leak.
+    stream: TextOut = sys.stdout if out is None else out
+    # The checkpoint study runs eqrnn alone.
+    requested = () if config.checkpoint_study else config.peers
+    peers, skipped = load_peers(requested, stream)
+    torch_threads, restore_threads = _set_torch_threads(peers)
+    try:
+        report: dict[str, Any] = {
+            "command": list(config.command),
+            "machine": machine_info(torch_threads),
+            "settings": {
+                "cells": list(config.cells),
+                "sizes": [s.as_dict() for s in config.sizes],
+                "peers": list(requested),
+                "passes": list(config.passes),
+                "reps": config.reps,
+                "warmup": config.warmup,
+                "eqrnn_options": {
+                    "unroll": config.unroll,
+                    "checkpoint": config.checkpoint,
+                },
+                "seed": config.seed,
+                "dtype": "float32",
+                "loss": "sum of h over every step and example; gradients w.r.t. "
+                "the parameters and the inputs",
+                "compile_method": JAX_COMPILE_METHOD,
+                "timer": "time.perf_counter, round-robin over implementations",
+            },
+            "skipped_peers": skipped,
+        }
+        machine = report["machine"]
+        threads = "" if torch_threads is None else f", torch threads {torch_threads}"
+        print(
+            f"eqrnn bench: jax {machine['versions']['jax']} on "
+            f"{machine['jax_backend']} ({machine['jax_cores']} cores){threads}, "
+            f"float32, {config.reps} reps round-robin after {config.warmup} warm-up "
+            "calls.",
+            file=stream,
+        )
+        print(f"compile s: {JAX_COMPILE_METHOD}.", file=stream)
+        print(f"peak MiB, JAX: {JAX_MEMORY_METHOD}.", file=stream)
+        if "torch" in peers:
+            print(f"peak MiB, torch: {TORCH_MEMORY_METHOD}.", file=stream)
+        if config.unroll != 1 or config.checkpoint is not False:
+            print(
+                f"eqrnn options: unroll={config.unroll}, "
+                f"checkpoint={config.checkpoint}.",
+                file=stream,
+            )
+        if config.checkpoint_study:
+            report["checkpoint_study"] = run_checkpoint_study(config, stream)
+        else:
+            report["results"] = _run_comparison(config, peers, stream)
+    finally:
+        restore_threads()
+    if config.json_path is not None:
+        with open(config.json_path, "w") as f:
+            json.dump(report, f, indent=1)
+            f.write("\n")
+        print(f"wrote {config.json_path}", file=stream)
+    return report
+
+
+def _set_torch_threads(peers: Sequence[str]) -> tuple[int | None, Callable[[], None]]:
+    """Give PyTorch as many threads as XLA uses cores; returns the count and a
+    function restoring the previous one."""
+    if "torch" not in peers:
+        return None, lambda: None
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(jax_core_count())
+    return torch.get_num_threads(), lambda: torch.set_num_threads(previous)
+
+
+def _run_comparison(
+    config: BenchConfig, peers: Sequence[str], out: TextOut
+) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    for cell in config.cells:
+        for size in config.sizes:
+            problem = make_problem(cell, size, config.seed)
+            impls = build_implementations(problem, peers, config)
+            records = measure(impls, config.passes, config.reps, config.warmup)
+            for r in records:
+                r["cell"] = cell
+                r["size"] = size.as_dict()
+            results.extend(records)
+            title = f"{cell} {size.name} ({size.describe()})"
+            print("", file=out)
+            print(format_block(title, records, config.passes, config.reps), file=out)
+            for note in _loss_notes(records, tolerance=1e-3):
+                print(note, file=out)
+            out.flush()
+    return results
+
+
+def run_checkpoint_study(config: BenchConfig, out: TextOut) -> dict[str, Any]:
+    """eqrnn LSTM forward+backward with `checkpoint=False` against `checkpoint=True`:
+    time and XLA's planned memory."""
+    custom = [s for s in config.sizes if s.name == "custom"]
+    size = custom[0] if custom else CHECKPOINT_STUDY_SIZE
+    problem = make_problem("lstm", size, config.seed)
+    impls = [
+        build_eqrnn(
+            problem, unroll=config.unroll, checkpoint=flag, name=f"checkpoint={flag}"
+        )
+        for flag in (False, True)
+    ]
+    records = measure(impls, ("fwd_bwd",), config.reps, config.warmup)
+    plain, ckpt = (r["fwd_bwd"] for r in records)
+
+    def ratio(key: str) -> float | None:
+        a, b = ckpt["memory"].get(key), plain["memory"].get(key)
+        return None if a is None or b is None or b == 0 else a / b
+
+    study = {
+        "cell": "lstm",
+        "size": size.as_dict(),
+        "results": records,
+        "time_ratio_median": ckpt["median_ms"] / plain["median_ms"],
+        "time_ratio_min": ckpt["min_ms"] / plain["min_ms"],
+        "temp_bytes_ratio": ratio("temp_bytes"),
+        "peak_bytes_ratio": ratio("peak_bytes"),
+        "loss_rel_diff": abs(records[1]["loss"] - records[0]["loss"])
+        / max(abs(records[0]["loss"]), 1e-30),
+    }
+    lines = [
+        "",
+        f"== checkpoint study: eqrnn lstm fwd+bwd, {size.describe()}: "
+        f"ms = median [min] of {config.reps} reps",
+    ]
+    for r in records:
+        e = r["fwd_bwd"]
+        temp = e["memory"].get("temp_bytes")
+        temp_s = "n/a" if temp is None else f"{temp / 2**20:.3g}"
+        lines.append(
+            f"{r['implementation']:<17} {_fmt_ms(e['median_ms'])} "
+            f"[{_fmt_ms(e['min_ms'])}] ms  temp {temp_s} MiB  "
+            f"peak {_fmt_mib(e['memory'])} MiB  compile {_fmt_compile(e['compile'])} s"
+        )
+    lines.append(
+        "checkpoint=True / checkpoint=False: time "
+        f"{_fmt_ratio(study['time_ratio_median'])} (median), "
+        f"{_fmt_ratio(study['time_ratio_min'])} (min); temp bytes "
+        f"{_fmt_ratio(study['temp_bytes_ratio'])}; peak bytes "
+        f"{_fmt_ratio(study['peak_bytes_ratio'])} (XLA buffer plan)"
+    )
+    print("\n".join(lines), file=out)
+    return study
