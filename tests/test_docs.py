@@ -4,8 +4,6 @@ import doctest
 import re
 from pathlib import Path
 
-import pytest
-
 import eqrnn
 from eqrnn import _layers
 
@@ -17,10 +15,11 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-@pytest.mark.parametrize("index", range(len(_python_blocks(README.read_text()))))
-def test_readme_python_block_runs(index):
-    block = _python_blocks(README.read_text())[index]
-    exec(compile(block, f"README.md block {index}", "exec"), {})
+def test_readme_python_blocks_run_in_order():
+    # Like a notebook: later blocks may use names from earlier ones.
+    namespace: dict = {}
+    for index, block in enumerate(_python_blocks(README.read_text())):
+        exec(compile(block, f"README.md block {index}", "exec"), namespace)
 
 
 def test_docstring_doctests_pass():
