@@ -11,8 +11,12 @@ from ._layers import (
     StackedRNN as StackedRNN,
     flip_sequence as flip_sequence,
 )
+from ._linear_cell import AbstractLinearCell as AbstractLinearCell
+from ._linear_scan import linear_scan as linear_scan
+from ._lru import LRU as LRU, RGLRU as RGLRU
 from ._lstm import LSTMCell as LSTMCell
 from ._mgu import MGUCell as MGUCell
+from ._min_rnn import MinGRU as MinGRU, MinLSTM as MinLSTM
 from ._scan import scan_all_hidden as scan_all_hidden, scan_last as scan_last
 from ._simple import SimpleCell as SimpleCell
 from ._training import (
@@ -25,13 +29,19 @@ from ._training import (
 
 
 __version__ = importlib.metadata.version("eqrnn")
+"""The installed version of eqrnn, from the package metadata."""
 
 __all__ = [
     "AbstractCell",
+    "AbstractLinearCell",
     "Bidirectional",
     "GRUCell",
+    "LRU",
     "LSTMCell",
     "MGUCell",
+    "MinGRU",
+    "MinLSTM",
+    "RGLRU",
     "RNN",
     "SimpleCell",
     "StackedRNN",
@@ -39,6 +49,7 @@ __all__ = [
     "data_parallel_shardings",
     "flip_sequence",
     "interop",
+    "linear_scan",
     "load_checkpoint",
     "save_checkpoint",
     "scan_all_hidden",

@@ -46,11 +46,30 @@ class AbstractCell(eqx.Module):
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]
     ) -> Float[Array, "*time projected"]:
-        """The input-side part of the step, for any number of leading axes."""
+        """The input-side part of the step, for any number of leading axes.
+
+        **Arguments:**
+
+        - `inputs`: inputs of shape `(..., input_size)`.
+
+        **Returns:**
+
+        What `step` needs from each input, shape `(..., projected)`.
+        """
 
     @abc.abstractmethod
     def step(self, projected: Float[Array, " projected"], hidden: Any) -> Any:
-        """One time step from an already projected input."""
+        """One time step from an already projected input.
+
+        **Arguments:**
+
+        - `projected`: `project_inputs` of this step's input.
+        - `hidden`: the hidden state from the previous step.
+
+        **Returns:**
+
+        The new hidden state.
+        """
 
     @abc.abstractmethod
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:

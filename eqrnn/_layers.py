@@ -202,9 +202,10 @@ class RNN(eqx.Module):
         !!! example
 
             ```python
+            rnn = eqrnn.RNN(eqrnn.GRUCell(3, 8, key=jax.random.key(0)))
             step = eqx.filter_jit(lambda rnn, x, h, r: rnn.step(x, h, reset=r))
             hidden = rnn.init_hidden()
-            for x, done in stream:
+            for x, done in [(jnp.ones(3), False), (jnp.zeros(3), True)]:  # a stream
                 output, hidden = step(rnn, x, hidden, done)
             ```
 

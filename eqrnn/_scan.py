@@ -1,7 +1,8 @@
 """`scan_last` and `scan_all_hidden`: a cell run over one sequence.
 
 Everything about time lives here: valid lengths, reversal, episode resets,
-checkpointing and picking a cell's fast sequence path.
+checkpointing and picking a cell's fast sequence path (for cells whose recurrence is
+linear, the engine in `_linear_scan.py`).
 """
 
 import math
@@ -16,6 +17,14 @@ from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray
 
 from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
+from ._linear_cell import AbstractLinearCell
+from ._linear_scan import (
+    Mode,
+    check_mode,
+    linear_scan_final,
+    mask_coefficients,
+    resolve_mode,
+)
 from ._misc import check_same_dtype
 
 
@@ -170,6 +179,7 @@ def scan_with_final(
     key: PRNGKeyArray | None,
     stack: bool,
     where: str,
+    mode: str = "auto",
 ) -> tuple[Any, Any]:
     """The final hidden state and (if `stack`) every step's, stacked; `where` names
     the public function in error messages."""
@@ -178,6 +188,14 @@ def scan_with_final(
     if not isinstance(reverse, bool):
         raise TypeError(f"{where}: `reverse` must be a bool, got {reverse!r}.")
     check_unroll(unroll, where)
+    check_mode(mode, where)
+    if not isinstance(cell, AbstractLinearCell) and mode not in ("auto", "sequential"):
+        raise ValueError(
+            f"{where}: `mode={mode!r}` needs a cell whose recurrence is linear in its "
+            "state (an `eqrnn.AbstractLinearCell` such as `MinGRU`, `MinLSTM`, `LRU` "
+            f"or `RGLRU`); {type(cell).__name__} is not, and runs one step at a "
+            "time: use mode='auto' or mode='sequential'."
+        )
     inputs = _check_inputs(cell, inputs, where)
     num_steps = inputs.shape[0]
     hidden, reset_state = _initial_hidden(cell, hidden, where)
@@ -217,10 +235,49 @@ def scan_with_final(
         out = jax.tree.map(lambda n: jnp.where(ok, n, jnp.zeros_like(n)), new)
         return _tree_where(ok, new, carry), (out if stack else None)
 
-    if chunk is None:
-        return jax.lax.scan(
-            body, hidden, (xs, valid, resets, keys), reverse=reverse, unroll=unroll
+    def run_steps(carry: Any, seq_in: Any) -> tuple[Any, Any]:
+        return jax.lax.scan(body, carry, seq_in, reverse=reverse, unroll=unroll)
+
+    seq_in = (xs, valid, resets, keys)
+    if not isinstance(cell, AbstractLinearCell):
+        if chunk is None:
+            return run_steps(hidden, seq_in)
+        return _checkpointed(run_steps, hidden, seq_in, chunk, reverse)
+
+    # A linear cell: the recurrence s_t = a_t s_{t-1} + b_t of every step at once.
+    # Padding and resets become coefficients, and the engine carries the linear state
+    # rather than the hidden state (they differ for `LRU`, whose hidden state also
+    # holds its output).
+    engine = resolve_mode(mode)
+    reset_linear = cell.linear_state(reset_state)
+
+    def run_linear(carry: Any, seq_in: Any) -> tuple[Any, Any]:
+        x, ok, reset, _ = seq_in
+        a, b = cell.linear_coefficients(x)
+        a, b = mask_coefficients(a, b, ok, reset, reset_linear)
+        return linear_scan_final(
+            a, b, carry, mode=engine, reverse=reverse, unroll=unroll, stack=stack
         )
+
+    start = cell.linear_state(hidden)
+    if chunk is None:
+        final, states = run_linear(start, seq_in)
+    else:
+        final, states = _checkpointed(run_linear, start, seq_in, chunk, reverse)
+    return _linear_hiddens(cell, xs, hidden, final, states, length, valid, reverse)
+
+
+def _checkpointed(
+    run: Callable[[Any, Any], tuple[Any, Any]],
+    hidden: Any,
+    seq_in: tuple[Array, Array | None, Array | None, Array | None],
+    chunk: int,
+    reverse: bool,
+) -> tuple[Any, Any]:
+    """`run(hidden, seq_in)`, with the forward pass recomputed chunk by chunk in the
+    backward pass."""
+    xs, valid, resets, keys = seq_in
+    num_steps = xs.shape[0]
 
     # Checkpointing: an outer scan over chunks of `chunk` steps stores only the
     # state at chunk boundaries; each chunk's inner scan is recomputed in the
@@ -235,16 +292,47 @@ def scan_with_final(
         return a.reshape(num_chunks, chunk, *a.shape[1:])
 
     chunked = jax.tree.map(to_chunks, (xs, valid, resets, keys))
-
-    @jax.checkpoint
-    def run_chunk(carry: Any, chunk_in: Any) -> tuple[Any, Any]:
-        return jax.lax.scan(body, carry, chunk_in, reverse=reverse, unroll=unroll)
-
-    final, outs = jax.lax.scan(run_chunk, hidden, chunked, reverse=reverse)
+    final, outs = jax.lax.scan(jax.checkpoint(run), hidden, chunked, reverse=reverse)
     outs = jax.tree.map(
         lambda a: a.reshape(num_chunks * chunk, *a.shape[2:])[:num_steps], outs
     )
     return final, outs
+
+
+def _linear_hiddens(
+    cell: AbstractLinearCell,
+    projected: Array,
+    hidden: Any,
+    final: Any,
+    states: Any,
+    length: Array | None,
+    valid: Array | None,
+    reverse: bool,
+) -> tuple[Any, Any]:
+    """The final hidden state and the stacked ones (zero at padded steps), from the
+    linear states that the engine returned."""
+    num_steps = projected.shape[0]
+    if num_steps == 0:
+        final = hidden
+    else:
+        # The last step that was run: its input completes the hidden state (`LRU`'s
+        # output y needs it); with no valid step the state is the starting one.
+        last = 0 if reverse else (num_steps - 1 if length is None else length - 1)
+        last_in = projected[jnp.maximum(last, 0)]
+        final = cell.hidden_from_state(final, last_in)
+        if length is not None:
+            final = _tree_where(length > 0, final, hidden)
+    if states is None:
+        return final, None
+    hiddens = cell.hidden_from_state(states, projected)
+    if valid is not None:
+        hiddens = jax.tree.map(
+            lambda h: jnp.where(
+                valid.reshape(-1, *(1,) * (h.ndim - 1)), h, jnp.zeros((), h.dtype)
+            ),
+            hiddens,
+        )
+    return final, hiddens
 
 
 def scan_last(
@@ -258,6 +346,7 @@ def scan_last(
     unroll: int | bool = 1,
     checkpoint: bool | int = False,
     key: PRNGKeyArray | None = None,
+    mode: Mode = "auto",
 ) -> AnyHidden:
     """Run `cell` over one sequence and return the final hidden state.
 
@@ -284,12 +373,23 @@ def scan_last(
     - `resets`: booleans of shape `(time,)`; where true, that step starts again from
         `cell.init_hidden()` (zeros for cells without it) instead of the carried
         state, as at an episode boundary.
-    - `unroll`: steps unrolled per iteration of `jax.lax.scan`.
+    - `unroll`: steps unrolled per iteration of `jax.lax.scan` (for a linear cell,
+        of the sequential scans of its `mode`).
     - `checkpoint`: recompute the forward pass during the backward pass, keeping
         only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
         `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.
+        For a linear cell each chunk's coefficients and scan are recomputed.
     - `key`: a `jax.random` key, split into one key per step and passed to the cell
         as `key=`. For stochastic cells; the built-in cells ignore it.
+    - `mode`: how a cell whose recurrence is linear in its state (`MinGRU`,
+        `MinLSTM`, `LRU`, `RGLRU`, any `eqrnn.AbstractLinearCell`) is run over
+        time: `"sequential"` (a `jax.lax.scan` over its coefficients),
+        `"associative"` (`jax.lax.associative_scan`, depth `log2(time)`),
+        `"chunked"` (associative within chunks, sequential across them) or `"auto"`
+        (sequential on CPU, associative on GPU and TPU); see `eqrnn.linear_scan`.
+        Every mode gives the step-by-step results up to rounding; forward-mode
+        differentiation (`jax.jvp`) needs `"sequential"`. Other cells run one step
+        at a time and accept only `"auto"` and `"sequential"`.
 
     **Returns:**
 
@@ -309,6 +409,7 @@ def scan_last(
         key=key,
         stack=False,
         where="scan_last",
+        mode=mode,
     )
     return final
 
@@ -324,6 +425,7 @@ def scan_all_hidden(
     unroll: int | bool = 1,
     checkpoint: bool | int = False,
     key: PRNGKeyArray | None = None,
+    mode: Mode = "auto",
 ) -> AnyHiddens:
     """Run `cell` over one sequence and return the hidden state of every step.
 
@@ -354,12 +456,23 @@ def scan_all_hidden(
     - `resets`: booleans of shape `(time,)`; where true, that step starts again from
         `cell.init_hidden()` (zeros for cells without it) instead of the carried
         state, as at an episode boundary.
-    - `unroll`: steps unrolled per iteration of `jax.lax.scan`.
+    - `unroll`: steps unrolled per iteration of `jax.lax.scan` (for a linear cell,
+        of the sequential scans of its `mode`).
     - `checkpoint`: recompute the forward pass during the backward pass, keeping
         only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
         `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.
+        For a linear cell each chunk's coefficients and scan are recomputed.
     - `key`: a `jax.random` key, split into one key per step and passed to the cell
         as `key=`. For stochastic cells; the built-in cells ignore it.
+    - `mode`: how a cell whose recurrence is linear in its state (`MinGRU`,
+        `MinLSTM`, `LRU`, `RGLRU`, any `eqrnn.AbstractLinearCell`) is run over
+        time: `"sequential"` (a `jax.lax.scan` over its coefficients),
+        `"associative"` (`jax.lax.associative_scan`, depth `log2(time)`),
+        `"chunked"` (associative within chunks, sequential across them) or `"auto"`
+        (sequential on CPU, associative on GPU and TPU); see `eqrnn.linear_scan`.
+        Every mode gives the step-by-step results up to rounding; forward-mode
+        differentiation (`jax.jvp`) needs `"sequential"`. Other cells run one step
+        at a time and accept only `"auto"` and `"sequential"`.
 
     **Returns:**
 
@@ -380,5 +493,6 @@ def scan_all_hidden(
         key=key,
         stack=True,
         where="scan_all_hidden",
+        mode=mode,
     )
     return hiddens

@@ -54,17 +54,24 @@ def truncated_bptt(
     !!! example
 
         ```python
-        def loss_fn(model, chunk, hidden):
-            xs, ys = chunk  # (chunk_length, ...) each
-            hs = eqrnn.scan_all_hidden(model.cell, xs, hidden)
-            loss = jnp.mean((hs @ model.readout - ys) ** 2)
-            return loss, hs[-1]
+        import optax
 
-        model, opt_state, hidden, losses = jax.jit(
-            lambda m, s, seq, h: eqrnn.truncated_bptt(
-                loss_fn, optax.adam(1e-3), m, s, seq, h, chunk_length=32
-            )
-        )(model, opt_state, (xs, ys), cell.init_hidden())
+        cell = eqrnn.GRUCell(2, 16, key=jax.random.key(0))
+        xs, ys = jnp.ones((1000, 2)), jnp.zeros(1000)  # one long sequence
+
+
+        def loss_fn(cell, chunk, hidden):
+            x, y = chunk  # (chunk_length, ...) each
+            hs = eqrnn.scan_all_hidden(cell, x, hidden)
+            return jnp.mean((hs.sum(-1) - y) ** 2), hs[-1]  # (loss, next state)
+
+
+        optimizer = optax.adam(1e-3)
+        opt_state = optimizer.init(eqx.filter(cell, eqx.is_inexact_array))
+        cell, opt_state, hidden, losses = eqx.filter_jit(eqrnn.truncated_bptt)(
+            loss_fn, optimizer, cell, opt_state, (xs, ys), cell.init_hidden(),
+            chunk_length=50,
+        )  # losses: (20,), one per chunk
         ```
 
     **Arguments:**
@@ -152,8 +159,10 @@ def data_parallel_shardings(
 
         ```python
         batch_sharding, replicated = eqrnn.data_parallel_shardings()
-        model = eqx.filter_shard(model, replicated)
-        xs, ys = eqrnn.shard_batch((xs, ys), batch_sharding)
+        cell = eqx.filter_shard(eqrnn.GRUCell(3, 8, key=jax.random.key(0)), replicated)
+        xs, lengths = eqrnn.shard_batch(
+            (jnp.ones((8, 10, 3)), jnp.full(8, 10)), batch_sharding
+        )  # the batch must divide over the devices
         ```
 
     **Arguments:**

@@ -160,6 +160,7 @@ def from_flax(module: Any) -> Cell | RNN | Bidirectional:
         ```python
         rnn = nnx.RNN(nnx.LSTMCell(3, 8, rngs=nnx.Rngs(0)))
         eq_rnn = eqrnn.interop.from_flax(rnn)
+        xs, seq_lengths = jnp.ones((4, 10, 3)), jnp.array([10, 7, 3, 1])
         outputs = jax.vmap(lambda x, n: eq_rnn(x, length=n))(xs, seq_lengths)
         ```
 

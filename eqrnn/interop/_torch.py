@@ -337,10 +337,11 @@ def from_torch(
         ```python
         lstm = torch.nn.LSTM(3, 8, num_layers=2, bidirectional=True)
         stack = eqrnn.interop.from_torch(lstm)
+        xs, lengths = jnp.ones((4, 10, 3)), jnp.array([10, 7, 3, 1])
         outputs, finals = jax.vmap(lambda x, n: stack(x, length=n))(xs, lengths)
 
         # A state dict needs the kind of RNN, which it does not record:
-        stack = eqrnn.interop.from_torch(torch.load("lstm.pt"), mode="LSTM")
+        stack = eqrnn.interop.from_torch(lstm.state_dict(), mode="LSTM")
         ```
 
     **Arguments:**

@@ -1,0 +1,260 @@
+"""minGRU and minLSTM (Feng et al. 2024, "Were RNNs All We Needed?")."""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._cell import default_bias_init, default_kernel_init, make_initial_hidden
+from ._linear_cell import AbstractLinearCell
+from ._misc import check_size, gate_kernels, make_bias, resolve_dtype
+
+
+def positive_g(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+    r"""The paper's $g(x) = x + \tfrac12$ for $x \ge 0$, $\sigma(x)$ for $x < 0$:
+    continuous, increasing and positive (Feng et al. 2024, Appendix B.3)."""
+    return jnp.where(x >= 0, x + 0.5, jax.nn.sigmoid(x))
+
+
+def _check_common(
+    name: str, input_size: Any, hidden_size: Any, use_bias: Any, activation_fn: Any
+) -> None:
+    check_size("input_size", input_size)
+    check_size("hidden_size", hidden_size)
+    if not isinstance(use_bias, bool):
+        raise TypeError(f"{name}: `use_bias` must be a bool, got {use_bias!r}.")
+    if not callable(activation_fn):
+        raise TypeError(
+            f"{name}: `activation_fn` must be callable, got {activation_fn!r}."
+        )
+
+
+class _MinCell(AbstractLinearCell):
+    """What minGRU and minLSTM share: every gate is a linear map of the input."""
+
+    weight_ih: eqx.AbstractVar[Array]
+    bias: eqx.AbstractVar[Array | None]
+
+    @property
+    def dtype(self) -> Any:
+        return self.weight_ih.dtype
+
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,),)
+
+    def project_inputs(
+        self, inputs: Float[Array, "*time input_size"]
+    ) -> Float[Array, "*time projected"]:
+        out = inputs @ self.weight_ih.T
+        return out if self.bias is None else out + self.bias
+
+
+class MinGRU(_MinCell):
+    r"""A minimal GRU (Feng et al. 2024, "Were RNNs All We Needed?", §3.1): a GRU
+    whose gate and candidate read the input only, so that its recurrence is linear.
+
+    $$\begin{aligned}
+    z_t &= \sigma(W_z x_t + b_z) \\
+    \tilde h_t &= g(W_h x_t + b_h) \\
+    h_t &= (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+    \end{aligned}$$
+
+    with $g$ = `activation_fn`. The default is the paper's
+    $g(x) = x + \tfrac12$ for $x \ge 0$, $\sigma(x)$ for $x < 0$ (Appendix B.3), the
+    activation of its log-space implementation, so that a model matches the paper's
+    trained ones; pass `activation_fn=lambda x: x` for §3.1's plain $\tilde h_t = W_h
+    x_t + b_h$. eqrnn never computes in log space (it needs no positive $\tilde h$):
+    $1 - z_t$ is evaluated as $\sigma(-(W_z x_t + b_z))$ and the sequence backends
+    multiply and add the coefficients directly, which stays accurate to float32
+    rounding over long sequences. The starting state is used as given (the paper's
+    log-space code passes it through $g$ as well).
+
+    The weights are stacked in the order z, h: `weight_ih` is `(2 * hidden_size,
+    input_size)` and `bias` is `(2 * hidden_size,)`. There is no recurrent weight.
+
+    !!! example
+
+        ```python
+        cell = eqrnn.MinGRU(3, 8, key=jax.random.key(0))
+        hs = eqrnn.scan_all_hidden(cell, jnp.ones((10, 3)))  # shape (10, 8)
+        ```
+    """
+
+    weight_ih: Float[Array, "two_hidden input_size"]
+    bias: Float[Array, " two_hidden"] | None
+    initial_hidden: Float[Array, " hidden_size"] | None
+    input_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    activation_fn: Callable[[Array], Array] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        use_bias: bool = True,
+        activation_fn: Callable[[Array], Array] = positive_g,
+        kernel_init: Callable[..., Array] = default_kernel_init,
+        bias_init: Callable[..., Array] = default_bias_init,
+        carry_init: Callable[..., Array] | None = None,
+        dtype: Any = None,
+        *,
+        key: PRNGKeyArray,
+    ):
+        r"""**Arguments:**
+
+        - `input_size`: the size of the input at each time step.
+        - `hidden_size`: the size of the hidden state.
+        - `use_bias`: whether to use `bias`.
+        - `activation_fn`: the candidate's activation $g$ (default the paper's
+            $g$, see above).
+        - `kernel_init`: initialiser `init(key, (input_size, hidden_size), dtype)`
+            for each of the two weight blocks (default LeCun normal, as Flax).
+        - `bias_init`: initialiser for `bias` (default zeros, as Flax).
+        - `carry_init`: if given, initialiser for the starting hidden state, drawn
+            once here and stored as the trainable `initial_hidden`; else zeros.
+        - `dtype`: the parameters' dtype; default float32 (float64 with
+            `jax_enable_x64`).
+        - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
+        """
+        _check_common("MinGRU", input_size, hidden_size, use_bias, activation_fn)
+        dtype = resolve_dtype(dtype)
+        wkey, bkey, ckey = jr.split(key, 3)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.use_bias = use_bias
+        self.activation_fn = activation_fn
+        self.weight_ih = gate_kernels(
+            kernel_init, wkey, input_size, hidden_size, 2, dtype
+        )
+        self.bias = (
+            make_bias(bias_init, bkey, 2 * hidden_size, dtype) if use_bias else None
+        )
+        self.initial_hidden = make_initial_hidden(  # pyright: ignore[reportAttributeAccessIssue]
+            carry_init, ckey, self.hidden_shapes(), dtype
+        )
+
+    def linear_coefficients(
+        self, projected: Float[Array, "*time two_hidden"]
+    ) -> tuple[Float[Array, "*time hidden_size"], Float[Array, "*time hidden_size"]]:
+        hs = self.hidden_size
+        k = projected[..., :hs]
+        candidate = self.activation_fn(projected[..., hs:])
+        # 1 - sigmoid(k) = sigmoid(-k), without the cancellation when z is near 1.
+        return jax.nn.sigmoid(-k), jax.nn.sigmoid(k) * candidate
+
+
+class MinLSTM(_MinCell):
+    r"""A minimal LSTM (Feng et al. 2024, "Were RNNs All We Needed?", §3.2): an LSTM
+    whose gates and candidate read the input only, with the forget and input gates
+    normalised to sum to one, so that its recurrence is linear and time-independent
+    in scale.
+
+    $$\begin{aligned}
+    f_t &= \sigma(W_f x_t + b_f) &
+    i_t &= \sigma(W_i x_t + b_i) &
+    \tilde h_t &= g(W_h x_t + b_h) \\
+    f'_t &= \frac{f_t}{f_t + i_t} &
+    i'_t &= \frac{i_t}{f_t + i_t} &
+    h_t &= f'_t \odot h_{t-1} + i'_t \odot \tilde h_t
+    \end{aligned}$$
+
+    with $g$ = `activation_fn`, by default the paper's $g(x) = x + \tfrac12$ for
+    $x \ge 0$, $\sigma(x)$ for $x < 0$ (see `MinGRU`). The normalised gates are
+    evaluated as $f'_t = \sigma(\log\sigma(k_f) - \log\sigma(k_i))$ and $i'_t =
+    \sigma(\log\sigma(k_i) - \log\sigma(k_f))$ (the same numbers, as the paper's
+    log-space code computes them), which neither overflows nor loses $i'_t$ to
+    cancellation when $f'_t$ is close to 1.
+
+    The weights are stacked in the order f, i, h: `weight_ih` is `(3 * hidden_size,
+    input_size)` and `bias` is `(3 * hidden_size,)`. There is no recurrent weight.
+
+    !!! example
+
+        ```python
+        cell = eqrnn.MinLSTM(3, 8, key=jax.random.key(0))
+        hs = eqrnn.scan_all_hidden(cell, jnp.ones((10, 3)))  # shape (10, 8)
+        ```
+    """
+
+    weight_ih: Float[Array, "three_hidden input_size"]
+    bias: Float[Array, " three_hidden"] | None
+    initial_hidden: Float[Array, " hidden_size"] | None
+    input_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    activation_fn: Callable[[Array], Array] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        use_bias: bool = True,
+        activation_fn: Callable[[Array], Array] = positive_g,
+        kernel_init: Callable[..., Array] = default_kernel_init,
+        bias_init: Callable[..., Array] = default_bias_init,
+        carry_init: Callable[..., Array] | None = None,
+        forget_bias: float = 0.0,
+        dtype: Any = None,
+        *,
+        key: PRNGKeyArray,
+    ):
+        r"""**Arguments:**
+
+        - `input_size`: the size of the input at each time step.
+        - `hidden_size`: the size of the hidden state.
+        - `use_bias`: whether to use `bias`.
+        - `activation_fn`: the candidate's activation $g$ (default the paper's
+            $g$, see `MinGRU`).
+        - `kernel_init`: initialiser `init(key, (input_size, hidden_size), dtype)`
+            for each of the three weight blocks (default LeCun normal, as Flax).
+        - `bias_init`: initialiser for `bias` (default zeros, as Flax).
+        - `carry_init`: if given, initialiser for the starting hidden state, drawn
+            once here and stored as the trainable `initial_hidden`; else zeros.
+        - `forget_bias`: added once, here, to the forget gate's part of `bias`
+            (as `LSTMCell`'s; a positive value favours long memories). It is a
+            parameter from then on. Needs `use_bias=True` unless it is 0.
+        - `dtype`: the parameters' dtype; default float32 (float64 with
+            `jax_enable_x64`).
+        - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
+        """
+        _check_common("MinLSTM", input_size, hidden_size, use_bias, activation_fn)
+        if not isinstance(forget_bias, int | float) or isinstance(forget_bias, bool):
+            raise TypeError(
+                f"MinLSTM: `forget_bias` must be a float, got {forget_bias!r}."
+            )
+        if forget_bias != 0 and not use_bias:
+            raise ValueError(
+                f"MinLSTM: `forget_bias={forget_bias}` needs `use_bias=True`; it is "
+                "stored in the bias."
+            )
+        dtype = resolve_dtype(dtype)
+        wkey, bkey, ckey = jr.split(key, 3)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.use_bias = use_bias
+        self.activation_fn = activation_fn
+        self.weight_ih = gate_kernels(
+            kernel_init, wkey, input_size, hidden_size, 3, dtype
+        )
+        bias = make_bias(bias_init, bkey, 3 * hidden_size, dtype) if use_bias else None
+        if bias is not None and forget_bias != 0:
+            bias = bias.at[:hidden_size].add(forget_bias)
+        self.bias = bias
+        self.initial_hidden = make_initial_hidden(  # pyright: ignore[reportAttributeAccessIssue]
+            carry_init, ckey, self.hidden_shapes(), dtype
+        )
+
+    def linear_coefficients(
+        self, projected: Float[Array, "*time three_hidden"]
+    ) -> tuple[Float[Array, "*time hidden_size"], Float[Array, "*time hidden_size"]]:
+        hs = self.hidden_size
+        log_f = jax.nn.log_sigmoid(projected[..., :hs])
+        log_i = jax.nn.log_sigmoid(projected[..., hs : 2 * hs])
+        candidate = self.activation_fn(projected[..., 2 * hs :])
+        diff = log_f - log_i
+        return jax.nn.sigmoid(diff), jax.nn.sigmoid(-diff) * candidate
