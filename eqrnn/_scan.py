@@ -166,6 +166,18 @@ def check_unroll(unroll: Any, where: str) -> None:
         )
 
 
+def _hoist_projection() -> bool:
+    """Whether to project the inputs of all steps in one matmul before the scan.
+
+    Measured on a 2-core CPU (`eqrnn bench` sizes, vmapped, float32): projecting
+    inside each step was ~2x faster forward and 1.1-1.4x faster forward+backward
+    than hoisting, which materialises a `(batch, time, gates * hidden)` array and
+    transposes it to time-major. On accelerators hoisting is the usual win (one large
+    matmul instead of `time` small ones); that choice is not measured here.
+    """
+    return jax.default_backend() != "cpu"
+
+
 def scan_with_final(
     cell: Callable[..., Any],
     inputs: Any,
@@ -212,12 +224,20 @@ def scan_with_final(
     if isinstance(cell, AbstractCell):
         check_same_dtype("inputs", inputs, cell.dtype, where)
         check_same_dtype("hidden", hidden, cell.dtype, where)
-        # Fast path: the input projection of every step in one matmul.
-        xs = cell.project_inputs(inputs)
+        if isinstance(cell, AbstractLinearCell) or _hoist_projection():
+            # The input projection of every step in one matmul (a linear cell's
+            # engine needs every step's coefficients at once anyway).
+            xs = cell.project_inputs(inputs)
 
-        def call(x: Array, h: Any, k: Any) -> Any:
-            del k
-            return cell.step(x, h)
+            def call(x: Array, h: Any, k: Any) -> Any:
+                del k
+                return cell.step(x, h)
+        else:
+            xs = inputs
+
+            def call(x: Array, h: Any, k: Any) -> Any:
+                del k
+                return cell.step(cell.project_inputs(x), h)
     else:
         xs = inputs
 
