@@ -263,8 +263,9 @@ class RGLRU(AbstractLinearCell):
     hidden_size, input_size)` (Griffin uses block-diagonal ones). The input is
     gated elementwise, so `input_size` must equal `hidden_size` (in Griffin a linear
     layer and a convolution come first). Unlike RecurrentGemma, a `resets` step in
-    the scan helpers keeps the $\sqrt{1 - a_t^2}$ factor: eqrnn's resets only
-    restart the state.
+    the scan helpers keeps the $\sqrt{1 - a_t^2}$ factor (eqrnn's resets only
+    restart the state), and the square root's gradient is not clipped (RecurrentGemma
+    bounds it at 1000, for $a_t \to 1$).
 
     !!! example
 
