@@ -37,6 +37,7 @@ Nothing here imports torch or flax at module level: each peer is imported when i
 run, and a peer that fails to import is skipped with a note.
 """
 
+import abc
 import contextlib
 import dataclasses
 import datetime
@@ -209,7 +210,7 @@ def make_problem(cell: str, size: Size, seed: int) -> Problem:
 # --- Implementations ---------------------------------------------------------------
 
 
-class Implementation:
+class Implementation(abc.ABC):
     """One implementation, ready to run each pass (`"fwd"`, `"fwd_bwd"`).
 
     `call(pass_)` runs one pass to completion and returns its result; `summarize`
@@ -220,23 +221,30 @@ class Implementation:
     name: str
     peer: str
 
+    @abc.abstractmethod
     def prepare(self, pass_: str) -> None:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def call(self, pass_: str) -> Any:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def summarize(self, pass_: str, result: Any) -> dict[str, float]:
-        raise NotImplementedError
+        """See the class docstring."""
 
+    @abc.abstractmethod
     def compile_info(self, pass_: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """See the class docstring."""
 
     def measure_memory(self, pass_: str) -> None:
-        """Measure what `memory` reports, where that needs a run (after timing)."""
+        """Measure what `memory` reports, where that needs a run (after timing).
+        Only torch needs one; JAX's memory comes from the compiled executable."""
+        del pass_
 
+    @abc.abstractmethod
     def memory(self, pass_: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """See the class docstring."""
 
 
 class JaxImplementation(Implementation):

@@ -71,14 +71,15 @@ class AbstractCell(eqx.Module):
         The new hidden state.
         """
 
-    @abc.abstractmethod
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        """The shape of each array in the hidden state."""
+        """The shape of each array in the hidden state: one `(hidden_size,)` array
+        unless a cell says otherwise (LSTM: `(h, c)`)."""
+        return ((self.hidden_size,),)
 
     @property
-    @abc.abstractmethod
     def dtype(self) -> Any:
-        """The dtype of the cell's parameters."""
+        """The dtype of the cell's parameters (all share one)."""
+        return jax.tree.leaves(eqx.filter(self, eqx.is_inexact_array))[0].dtype
 
     def init_hidden(self) -> Hidden:
         """The starting hidden state: zeros, or what `carry_init` drew at construction.
@@ -209,40 +210,18 @@ class StackedGatesCell(AbstractCell):
             carry_init, ckey, self.hidden_shapes(), dtype
         )
 
-    @property
-    def dtype(self) -> Any:
-        return self.weight_hh.dtype
-
-    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,),)
-
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]
     ) -> Float[Array, "*time projected"]:
-        out = inputs @ self.weight_ih.T
-        return out if self.bias is None else out + self.bias
+        return affine(inputs, self.weight_ih, self.bias)
 
-    # A step is, unless a cell overrides `step`:
-    #     z = W @ recurrent_input(hidden) + b
-    #     hidden' = pointwise(projected, z, hidden)
-    # with `pointwise` elementwise: the form a hand-written backward pass through time
-    # can exploit (carry only the hidden state's cotangent, form dW with one matmul).
 
-    def recurrent_weights(self) -> tuple[Array, Array | None] | None:
-        return self.weight_hh, None
-
-    def recurrent_input(self, hidden: Any) -> Array:
-        """The part of the hidden state that the recurrent matmul reads."""
-        return hidden
-
-    def pointwise(self, projected: Array, z: Array, hidden: Any) -> Any:
-        """The elementwise rest of a step, given the recurrent pre-activation `z`.
-        It must not read the cell's arrays."""
-        raise NotImplementedError
-
-    def step(self, projected: Float[Array, " projected"], hidden: Any) -> Any:
-        weights = self.recurrent_weights()
-        assert weights is not None, "a cell without `recurrent_weights` overrides step"
-        weight, bias = weights
-        z = weight @ self.recurrent_input(hidden)
-        return self.pointwise(projected, z if bias is None else z + bias, hidden)
+def affine(
+    inputs: Float[Array, "*time input_size"],
+    weight: Float[Array, "out input_size"],
+    bias: Float[Array, " out"] | None,
+) -> Float[Array, "*time out"]:
+    """`inputs @ weight.T + bias` over any number of leading axes: the input
+    projection of every cell whose gates are linear maps of the input."""
+    out = inputs @ weight.T
+    return out if bias is None else out + bias

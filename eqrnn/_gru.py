@@ -107,20 +107,13 @@ class GRUCell(StackedGatesCell):
             else None
         )
 
-    def recurrent_weights(self) -> tuple[Array, Array | None]:
-        if self.bias_hn is None:
-            return self.weight_hh, None
-        zeros = jnp.zeros(2 * self.hidden_size, self.bias_hn.dtype)
-        return self.weight_hh, jnp.concatenate([zeros, self.bias_hn])
-
-    def pointwise(
-        self,
-        projected: Float[Array, " three_hidden"],
-        z: Float[Array, " three_hidden"],
-        hidden: HiddenArray,
+    def step(
+        self, projected: Float[Array, " three_hidden"], hidden: HiddenArray
     ) -> HiddenArray:
         hs = self.hidden_size
+        z = self.weight_hh @ hidden
+        z_n = z[2 * hs :] if self.bias_hn is None else z[2 * hs :] + self.bias_hn
         r = self.gate_fn(projected[:hs] + z[:hs])
         u = self.gate_fn(projected[hs : 2 * hs] + z[hs : 2 * hs])
-        n = self.activation_fn(projected[2 * hs :] + r * z[2 * hs :])
+        n = self.activation_fn(projected[2 * hs :] + r * z_n)
         return n + u * (hidden - n)

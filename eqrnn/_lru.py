@@ -11,7 +11,12 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._cell import default_bias_init, default_kernel_init, make_initial_hidden
+from ._cell import (
+    affine,
+    default_bias_init,
+    default_kernel_init,
+    make_initial_hidden,
+)
 from ._linear_cell import AbstractLinearCell
 from ._misc import check_size, gate_kernels, make_bias, resolve_dtype
 
@@ -160,10 +165,6 @@ class LRU(AbstractLinearCell):
         self.initial_hidden = make_initial_hidden(  # pyright: ignore[reportAttributeAccessIssue]
             carry_init, hkey, self.hidden_shapes(), dtype
         )
-
-    @property
-    def dtype(self) -> Any:
-        return self.nu_log.dtype
 
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         return ((self.hidden_size,), (2 * self.state_size,))
@@ -359,20 +360,11 @@ class RGLRU(AbstractLinearCell):
             carry_init, ckey, self.hidden_shapes(), dtype
         )
 
-    @property
-    def dtype(self) -> Any:
-        return self.weight_ih.dtype
-
-    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,),)
-
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]
     ) -> Float[Array, "*time projected"]:
         # The gates' pre-activations, then the input itself (gated in the step).
-        gates = inputs @ self.weight_ih.T
-        if self.bias is not None:
-            gates = gates + self.bias
+        gates = affine(inputs, self.weight_ih, self.bias)
         return jnp.concatenate([gates, inputs], axis=-1)
 
     def linear_coefficients(

@@ -147,25 +147,18 @@ class LSTMCell(StackedGatesCell):
         out = self.hidden_size if self.proj_size is None else self.proj_size
         return ((out,), (self.hidden_size,))
 
-    def pointwise(
-        self,
-        projected: Float[Array, " four_hidden"],
-        z: Float[Array, " four_hidden"],
-        hidden: LSTMHidden,
-    ) -> tuple[Float[Array, " hidden_size"], Float[Array, " hidden_size"]]:
+    def step(
+        self, projected: Float[Array, " four_hidden"], hidden: LSTMHidden
+    ) -> LSTMHidden:
+        h, c = hidden
         hs = self.hidden_size
-        g = projected + z
+        g = projected + self.weight_hh @ h
         i = self.gate_fn(g[:hs])
         f = self.gate_fn(g[hs : 2 * hs])
         cand = self.activation_fn(g[2 * hs : 3 * hs])
         o = self.gate_fn(g[3 * hs :])
-        c = f * hidden[1] + i * cand
-        return o * self.activation_fn(c), c
-
-    def step(
-        self, projected: Float[Array, " four_hidden"], hidden: LSTMHidden
-    ) -> LSTMHidden:
-        h, c = self.pointwise(projected, self.weight_hh @ hidden[0], hidden)
+        c = f * c + i * cand
+        h = o * self.activation_fn(c)
         return (h if self.weight_hr is None else self.weight_hr @ h), c
 
     def output(self, hidden: LSTMHidden) -> Float[Array, " output_size"]:  # pyright: ignore[reportIncompatibleMethodOverride]

@@ -9,7 +9,12 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._cell import default_bias_init, default_kernel_init, make_initial_hidden
+from ._cell import (
+    affine,
+    default_bias_init,
+    default_kernel_init,
+    make_initial_hidden,
+)
 from ._linear_cell import AbstractLinearCell
 from ._misc import check_size, gate_kernels, make_bias, resolve_dtype
 
@@ -39,18 +44,10 @@ class _MinCell(AbstractLinearCell):
     weight_ih: eqx.AbstractVar[Array]
     bias: eqx.AbstractVar[Array | None]
 
-    @property
-    def dtype(self) -> Any:
-        return self.weight_ih.dtype
-
-    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,),)
-
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]
     ) -> Float[Array, "*time projected"]:
-        out = inputs @ self.weight_ih.T
-        return out if self.bias is None else out + self.bias
+        return affine(inputs, self.weight_ih, self.bias)
 
 
 class MinGRU(_MinCell):

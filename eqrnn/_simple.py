@@ -91,11 +91,8 @@ class SimpleCell(StackedGatesCell):
             activation_fn=activation_fn,
         )
 
-    def pointwise(
-        self,
-        projected: Float[Array, " hidden_size"],
-        z: Float[Array, " hidden_size"],
-        hidden: HiddenArray,
+    def step(
+        self, projected: Float[Array, " hidden_size"], hidden: HiddenArray
     ) -> HiddenArray:
-        pre = projected + z
+        pre = projected + self.weight_hh @ hidden
         return self.activation_fn(pre + hidden if self.residual else pre)
