@@ -346,7 +346,10 @@ class Bidirectional(eqx.Module):
                 )
             merge = _MERGES[merge]
         elif not callable(merge):
-            raise TypeError("Bidirectional: `merge` must be a str or a callable.")
+            raise TypeError(
+                "Bidirectional: `merge` must be a str or a callable, got "
+                f"{type(merge).__name__}."
+            )
         _check_static("Bidirectional", return_hidden=return_hidden)
         self.forward = forward
         self.backward = backward

@@ -175,6 +175,8 @@ def test_bidirectional_rejects_bad_arguments(getkey, no_jaxtyping):
         eqrnn.Bidirectional(rnn, _gru(getkey()))  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="`forward` has `reverse=True`"):
         eqrnn.Bidirectional(eqrnn.RNN(_gru(getkey()), reverse=True), rnn)
+    with pytest.raises(TypeError, match="`merge` must be a str or a callable, got int"):
+        eqrnn.Bidirectional(rnn, rnn, merge=3)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="`merge` must be one of"):
         eqrnn.Bidirectional(rnn, rnn, merge="max")  # pyright: ignore[reportArgumentType]
     bi = eqrnn.Bidirectional(rnn, rnn)
