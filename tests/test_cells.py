@@ -265,4 +265,4 @@ def test_the_jaxtyping_annotations_catch_what_the_library_does_not_check(getkey)
     # arguments, the annotations do (under the test suite's jaxtyping hook).
     cell = eqrnn.GRUCell(3, 4, key=getkey())
     with pytest.raises(jaxtyping.TypeCheckError):
-        cell.step(jnp.ones((2, 12)), cell.init_hidden())
+        cell.step(jnp.ones((2, 12)), jnp.zeros(4))
