@@ -11,7 +11,14 @@ import jax.random as jr
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Shaped
 
 from ._custom_types import Inputs, Length
-from ._scan import check_length, check_unroll, chunk_length, scan_with_final
+from ._linear_scan import Mode
+from ._scan import (
+    check_cell_mode,
+    check_length,
+    check_unroll,
+    chunk_length,
+    scan_with_final,
+)
 
 
 def flip_sequence(
@@ -88,6 +95,8 @@ class RNN(eqx.Module):
     return_hidden: bool = eqx.field(static=True)
     unroll: int | bool = eqx.field(static=True)
     checkpoint: bool | int = eqx.field(static=True)
+    mode: Mode = eqx.field(static=True)
+    check_finite: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -98,6 +107,8 @@ class RNN(eqx.Module):
         return_hidden: bool = False,
         unroll: int | bool = 1,
         checkpoint: bool | int = False,
+        mode: Mode = "auto",
+        check_finite: bool = False,
     ):
         """**Arguments:**
 
@@ -112,20 +123,32 @@ class RNN(eqx.Module):
         - `unroll`: steps unrolled per iteration of `jax.lax.scan`.
         - `checkpoint`: as in `scan_all_hidden`: recompute in the backward pass,
             memory growing as `sqrt(time)`.
+        - `mode`: as in `scan_all_hidden`: how a cell whose recurrence is linear in
+            its state (`MinGRU`, `MinLSTM`, `LRU`, `RGLRU`) runs over time,
+            `"auto"`, `"sequential"`, `"associative"` or `"chunked"`.
+        - `check_finite`: as in `scan_all_hidden`: raise, naming the step, when a
+            hidden state becomes NaN or inf (a debugging aid).
         """
         if not callable(cell):
             raise TypeError(f"RNN: `cell` must be callable, got {type(cell).__name__}.")
         _check_static(
-            "RNN", reverse=reverse, keep_order=keep_order, return_hidden=return_hidden
+            "RNN",
+            reverse=reverse,
+            keep_order=keep_order,
+            return_hidden=return_hidden,
+            check_finite=check_finite,
         )
         check_unroll(unroll, "RNN")
         chunk_length(checkpoint, 1, "RNN")
+        check_cell_mode(cell, mode, "RNN")
         self.cell = cell
         self.reverse = reverse
         self.keep_order = keep_order
         self.return_hidden = return_hidden
         self.unroll = unroll
         self.checkpoint = checkpoint
+        self.mode = mode
+        self.check_finite = check_finite
 
     def run(
         self,
@@ -167,6 +190,8 @@ class RNN(eqx.Module):
             key=key,
             stack=True,
             where="RNN",
+            mode=self.mode,
+            check_finite=self.check_finite,
         )
         outputs = _outputs(self.cell, hiddens)
         if reverse and not keep_order:
@@ -321,7 +346,7 @@ class Bidirectional(eqx.Module):
         - `forward`: the forward `RNN`; it must not have `reverse=True`.
         - `backward`: the backward `RNN`. It always runs backwards with its outputs
             aligned to the inputs, whatever its `reverse` and `keep_order` say (as in
-            Flax); its `unroll` and `checkpoint` are used.
+            Flax); its `unroll`, `checkpoint`, `mode` and `check_finite` are used.
         - `merge`: how the two directions' outputs combine per step: `"concat"`
             (default, on the last axis), `"sum"`, `"mean"`, `"product"`, or a
             callable `merge(forward_outputs, backward_outputs)`.

@@ -5,7 +5,9 @@ checkpointing and picking a cell's fast sequence path (for cells whose recurrenc
 linear, the engine in `_linear_scan.py`).
 """
 
+import functools
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray
 
 from ._cell import AbstractCell
@@ -144,6 +147,17 @@ def _check_resets(resets: Any, num_steps: int, where: str) -> Array | None:
     return resets
 
 
+def check_cell_mode(cell: Any, mode: Any, where: str) -> None:
+    check_mode(mode, where)
+    if not isinstance(cell, AbstractLinearCell) and mode not in ("auto", "sequential"):
+        raise ValueError(
+            f"{where}: `mode={mode!r}` needs a cell whose recurrence is linear in its "
+            "state (an `eqrnn.AbstractLinearCell` such as `MinGRU`, `MinLSTM`, `LRU` "
+            f"or `RGLRU`); {type(cell).__name__} is not, and runs one step at a "
+            "time: use mode='auto' or mode='sequential'."
+        )
+
+
 def chunk_length(checkpoint: Any, num_steps: int, where: str) -> int | None:
     if checkpoint is False:
         return None
@@ -192,22 +206,37 @@ def scan_with_final(
     stack: bool,
     where: str,
     mode: str = "auto",
+    check_finite: bool = False,
 ) -> tuple[Any, Any]:
     """The final hidden state and (if `stack`) every step's, stacked; `where` names
     the public function in error messages."""
+    if not isinstance(check_finite, bool):
+        raise TypeError(
+            f"{where}: `check_finite` must be a bool, got {check_finite!r}."
+        )
+    if check_finite:
+        final, hiddens = scan_with_final(
+            cell,
+            inputs,
+            hidden,
+            length=length,
+            reverse=reverse,
+            resets=resets,
+            unroll=unroll,
+            checkpoint=checkpoint,
+            key=key,
+            stack=True,
+            where=where,
+            mode=mode,
+        )
+        _raise_at_first_nonfinite(hiddens, jnp.asarray(inputs), reverse, where)
+        return final, (hiddens if stack else None)
     if not callable(cell):
         raise TypeError(f"{where}: `cell` must be callable, got {type(cell).__name__}.")
     if not isinstance(reverse, bool):
         raise TypeError(f"{where}: `reverse` must be a bool, got {reverse!r}.")
     check_unroll(unroll, where)
-    check_mode(mode, where)
-    if not isinstance(cell, AbstractLinearCell) and mode not in ("auto", "sequential"):
-        raise ValueError(
-            f"{where}: `mode={mode!r}` needs a cell whose recurrence is linear in its "
-            "state (an `eqrnn.AbstractLinearCell` such as `MinGRU`, `MinLSTM`, `LRU` "
-            f"or `RGLRU`); {type(cell).__name__} is not, and runs one step at a "
-            "time: use mode='auto' or mode='sequential'."
-        )
+    check_cell_mode(cell, mode, where)
     inputs = _check_inputs(cell, inputs, where)
     num_steps = inputs.shape[0]
     hidden, reset_state = _initial_hidden(cell, hidden, where)
@@ -224,6 +253,24 @@ def scan_with_final(
     if isinstance(cell, AbstractCell):
         check_same_dtype("inputs", inputs, cell.dtype, where)
         check_same_dtype("hidden", hidden, cell.dtype, where)
+        if _is_half(cell.dtype):
+            # Half precision: every step computes, and the scan carries the state,
+            # in float32; the results are rounded back to the cell's dtype at the
+            # end (see `_half_precision_scan`).
+            return _half_precision_scan(
+                cell,
+                inputs,
+                hidden,
+                length=length,
+                reverse=reverse,
+                resets=resets,
+                unroll=unroll,
+                checkpoint=checkpoint,
+                key=key,
+                stack=stack,
+                where=where,
+                mode=mode,
+            )
         if isinstance(cell, AbstractLinearCell) or _hoist_projection():
             # The input projection of every step in one matmul (a linear cell's
             # engine needs every step's coefficients at once anyway).
@@ -285,6 +332,75 @@ def scan_with_final(
     else:
         final, states = _checkpointed(run_linear, start, seq_in, chunk, reverse)
     return _linear_hiddens(cell, xs, hidden, final, states, length, valid, reverse)
+
+
+def _is_half(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
+
+
+def _half_precision_scan(
+    cell: AbstractCell, inputs: Array, hidden: Any, **options: Any
+) -> tuple[Any, Any]:
+    """`scan_with_final` for a bfloat16/float16 cell, computed in float32.
+
+    The parameters, inputs and starting state are widened to float32, every step and
+    the carried state are float32, and the final and stacked states are rounded back
+    to the cell's dtype once. Rounding the state to 8 (bfloat16) or 11 (float16)
+    significant bits at every step would lose what each step adds whenever it is
+    small next to the state, e.g. an LSTM's cell state `c` or a linear cell's state
+    with a forget rate near 1, and the error would grow with the sequence length.
+    Gradients flow back through the casts in the cell's dtype.
+    """
+    dtype = cell.dtype
+    wide = jax.tree.map(
+        lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x,
+        (cell, inputs, hidden),
+    )
+    final, hiddens = scan_with_final(*wide, **options)
+    return jax.tree.map(lambda x: x.astype(dtype), (final, hiddens))
+
+
+def _raise_at_first_nonfinite(
+    hiddens: Any, inputs: Array, reverse: bool, where: str
+) -> None:
+    """`check_finite=True`: raise, naming the step, if a hidden state is NaN or inf.
+
+    The check runs inside the compiled computation (a `jax.debug.callback`, which
+    transformations keep), so it works under `jit`, `vmap` and `grad`."""
+    bad = jnp.zeros(inputs.shape[0], bool)
+    for leaf in jax.tree.leaves(hiddens):
+        bad = bad | ~jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1)
+    input_ok = jnp.isfinite(inputs).all(axis=1)
+    jax.debug.callback(
+        functools.partial(_report_nonfinite, reverse=reverse, where=where),
+        bad,
+        input_ok,
+    )
+
+
+def _report_nonfinite(bad: Any, input_ok: Any, *, reverse: bool, where: str) -> None:
+    bad, input_ok = np.asarray(bad), np.asarray(input_ok)
+    # Under `vmap` the arrays may carry the batch axes in front.
+    bad = bad.reshape(-1, bad.shape[-1])
+    input_ok = input_ok.reshape(-1, input_ok.shape[-1])
+    for i, (row, ok) in enumerate(zip(bad, input_ok, strict=True)):
+        steps = np.flatnonzero(row)
+        if not steps.size:
+            continue
+        step = int(steps[-1] if reverse else steps[0])
+        which = "" if bad.shape[0] == 1 else f" (sequence {i} of the batch)"
+        cause = (
+            f"`inputs[{step}]` is NaN or inf"
+            if not ok[step]
+            else f"`inputs[{step}]` is finite, so the state before it, the cell's "
+            "parameters or its arithmetic (overflow) is the cause"
+        )
+        message = (
+            f"{where}: check_finite=True: the hidden state first becomes NaN or inf "
+            f"at step {step}{which}, counting steps as indices of `inputs`; {cause}."
+        )
+        print(message, file=sys.stderr)
+        raise FloatingPointError(message)
 
 
 def _checkpointed(
@@ -367,6 +483,7 @@ def scan_last(
     checkpoint: bool | int = False,
     key: PRNGKeyArray | None = None,
     mode: Mode = "auto",
+    check_finite: bool = False,
 ) -> AnyHidden:
     """Run `cell` over one sequence and return the final hidden state.
 
@@ -410,6 +527,12 @@ def scan_last(
         Every mode gives the step-by-step results up to rounding; forward-mode
         differentiation (`jax.jvp`) needs `"sequential"`. Other cells run one step
         at a time and accept only `"auto"` and `"sequential"`.
+    - `check_finite`: a debugging aid. Raise `FloatingPointError` (inside `jax.jit`,
+        a `JaxRuntimeError` carrying its message) naming the first step whose hidden
+        state is NaN or inf, and whether that step's input already was. Off by
+        default: a NaN in a valid step otherwise propagates to every later state,
+        as it should, and is never masked. Costs a stacked copy of the states for
+        `scan_last`, and a host callback.
 
     **Returns:**
 
@@ -430,6 +553,7 @@ def scan_last(
         stack=False,
         where="scan_last",
         mode=mode,
+        check_finite=check_finite,
     )
     return final
 
@@ -446,6 +570,7 @@ def scan_all_hidden(
     checkpoint: bool | int = False,
     key: PRNGKeyArray | None = None,
     mode: Mode = "auto",
+    check_finite: bool = False,
 ) -> AnyHiddens:
     """Run `cell` over one sequence and return the hidden state of every step.
 
@@ -493,6 +618,12 @@ def scan_all_hidden(
         Every mode gives the step-by-step results up to rounding; forward-mode
         differentiation (`jax.jvp`) needs `"sequential"`. Other cells run one step
         at a time and accept only `"auto"` and `"sequential"`.
+    - `check_finite`: a debugging aid. Raise `FloatingPointError` (inside `jax.jit`,
+        a `JaxRuntimeError` carrying its message) naming the first step whose hidden
+        state is NaN or inf, and whether that step's input already was. Off by
+        default: a NaN in a valid step otherwise propagates to every later state,
+        as it should, and is never masked. Costs a stacked copy of the states for
+        `scan_last`, and a host callback.
 
     **Returns:**
 
@@ -514,5 +645,6 @@ def scan_all_hidden(
         stack=True,
         where="scan_all_hidden",
         mode=mode,
+        check_finite=check_finite,
     )
     return hiddens
