@@ -216,53 +216,6 @@ class StackedGatesCell(AbstractCell):
         return affine(inputs, self.weight_ih, self.bias)
 
 
-class AbstractFusedCell(StackedGatesCell):
-    """A cell whose step is one recurrent matmul, `weight_hh @
-    recurrent_input(hidden)`, then elementwise work (`fused_step`) whose tangent the
-    cell writes out by hand (`fused_tangent`). The scan helpers use these to give the
-    cell a faster backward pass (`_fused.py`) when `has_fused_tangent()`."""
-
-    def recurrent_input(self, hidden: Any) -> Float[Array, " recurrent_size"]:
-        """What `weight_hh` multiplies: the hidden state itself unless a cell says
-        otherwise (LSTM: its `h`). Linear in `hidden`."""
-        return hidden
-
-    @abc.abstractmethod
-    def fused_step(
-        self,
-        projected: Float[Array, " projected"],
-        recurrent: Float[Array, " projected"],
-        hidden: Any,
-    ) -> tuple[Any, Float[Array, " saved"]]:
-        """The rest of a step, given `recurrent = weight_hh @
-        recurrent_input(hidden)`: the new hidden state, and what `fused_tangent`
-        needs of this step."""
-
-    @abc.abstractmethod
-    def fused_tangent(
-        self,
-        saved: Float[Array, " saved"],
-        hidden: Any,
-        d_projected: Float[Array, " projected"],
-        d_recurrent: Float[Array, " projected"],
-        d_hidden: Any,
-        d_cell: Any,
-    ) -> Any:
-        """The tangent of `fused_step`'s new hidden state, linear in the `d_*`
-        tangents (`d_cell`: of the parameters that `fused_step` reads itself)."""
-
-    def has_fused_tangent(self) -> bool:
-        """Whether `fused_tangent` is exact for this cell: it is written for the
-        default `gate_fn` (sigmoid) and `activation_fn` (tanh)."""
-        gate_fn = getattr(self, "gate_fn", None)
-        activation_fn = getattr(self, "activation_fn", None)
-        return gate_fn is jax.nn.sigmoid and activation_fn is jnp.tanh
-
-    def step(self, projected: Float[Array, " projected"], hidden: Any) -> Any:
-        recurrent = self.weight_hh @ self.recurrent_input(hidden)
-        return self.fused_step(projected, recurrent, hidden)[0]
-
-
 def affine(
     inputs: Float[Array, "*time input_size"],
     weight: Float[Array, "out input_size"],

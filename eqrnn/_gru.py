@@ -8,7 +8,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
-    AbstractFusedCell,
+    StackedGatesCell,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
@@ -17,7 +17,7 @@ from ._custom_types import HiddenArray
 from ._misc import make_bias
 
 
-class GRUCell(AbstractFusedCell):
+class GRUCell(StackedGatesCell):
     r"""A gated recurrent unit, reset-after form (as PyTorch, cuDNN and Equinox).
 
     $$\begin{aligned}
@@ -107,36 +107,13 @@ class GRUCell(AbstractFusedCell):
             else None
         )
 
-    def fused_step(
-        self,
-        projected: Float[Array, " three_hidden"],
-        recurrent: Float[Array, " three_hidden"],
-        hidden: HiddenArray,
-    ) -> tuple[HiddenArray, Float[Array, " four_hidden"]]:
-        hs = self.hidden_size
-        z_n = recurrent[2 * hs :]
-        z_n = z_n if self.bias_hn is None else z_n + self.bias_hn
-        r = self.gate_fn(projected[:hs] + recurrent[:hs])
-        u = self.gate_fn(projected[hs : 2 * hs] + recurrent[hs : 2 * hs])
-        n = self.activation_fn(projected[2 * hs :] + r * z_n)
-        return n + u * (hidden - n), jnp.concatenate([r, u, n, z_n])
-
-    def fused_tangent(
-        self,
-        saved: Float[Array, " four_hidden"],
-        hidden: HiddenArray,
-        d_projected: Float[Array, " three_hidden"],
-        d_recurrent: Float[Array, " three_hidden"],
-        d_hidden: HiddenArray,
-        d_cell: "GRUCell",
+    def step(
+        self, projected: Float[Array, " three_hidden"], hidden: HiddenArray
     ) -> HiddenArray:
         hs = self.hidden_size
-        r, u, n, z_n = (saved[k * hs : (k + 1) * hs] for k in range(4))
-        d = d_projected + d_recurrent
-        d_z_n = d_recurrent[2 * hs :]
-        if d_cell.bias_hn is not None:
-            d_z_n = d_z_n + d_cell.bias_hn
-        d_r = r * (1 - r) * d[:hs]
-        d_u = u * (1 - u) * d[hs : 2 * hs]
-        d_n = (1 - n * n) * (d_projected[2 * hs :] + d_r * z_n + r * d_z_n)
-        return d_n + d_u * (hidden - n) + u * (d_hidden - d_n)
+        z = self.weight_hh @ hidden
+        z_n = z[2 * hs :] if self.bias_hn is None else z[2 * hs :] + self.bias_hn
+        r = self.gate_fn(projected[:hs] + z[:hs])
+        u = self.gate_fn(projected[hs : 2 * hs] + z[hs : 2 * hs])
+        n = self.activation_fn(projected[2 * hs :] + r * z_n)
+        return n + u * (hidden - n)

@@ -8,7 +8,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
-    AbstractFusedCell,
+    StackedGatesCell,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
@@ -17,7 +17,7 @@ from ._custom_types import LSTMHidden
 from ._misc import check_size, gate_kernels
 
 
-class LSTMCell(AbstractFusedCell):
+class LSTMCell(StackedGatesCell):
     r"""A long short-term memory cell, with one fused matmul per step.
 
     $$\begin{aligned}
@@ -147,52 +147,19 @@ class LSTMCell(AbstractFusedCell):
         out = self.hidden_size if self.proj_size is None else self.proj_size
         return ((out,), (self.hidden_size,))
 
-    def recurrent_input(self, hidden: LSTMHidden) -> Float[Array, " output_size"]:
-        return hidden[0]
-
-    def fused_step(
-        self,
-        projected: Float[Array, " four_hidden"],
-        recurrent: Float[Array, " four_hidden"],
-        hidden: LSTMHidden,
-    ) -> tuple[LSTMHidden, Float[Array, " five_hidden"]]:
-        c = hidden[1]
+    def step(
+        self, projected: Float[Array, " four_hidden"], hidden: LSTMHidden
+    ) -> LSTMHidden:
+        h, c = hidden
         hs = self.hidden_size
-        g = projected + recurrent
+        g = projected + self.weight_hh @ h
         i = self.gate_fn(g[:hs])
         f = self.gate_fn(g[hs : 2 * hs])
         cand = self.activation_fn(g[2 * hs : 3 * hs])
         o = self.gate_fn(g[3 * hs :])
         c = f * c + i * cand
-        tanh_c = self.activation_fn(c)
-        h = o * tanh_c
-        h = h if self.weight_hr is None else self.weight_hr @ h
-        return (h, c), jnp.concatenate([i, f, cand, o, tanh_c])
-
-    def fused_tangent(
-        self,
-        saved: Float[Array, " five_hidden"],
-        hidden: LSTMHidden,
-        d_projected: Float[Array, " four_hidden"],
-        d_recurrent: Float[Array, " four_hidden"],
-        d_hidden: LSTMHidden,
-        d_cell: "LSTMCell",
-    ) -> LSTMHidden:
-        del d_cell  # `fused_step` reads no parameter itself (without `proj_size`)
-        hs = self.hidden_size
-        i, f, cand, o, tanh_c = (saved[k * hs : (k + 1) * hs] for k in range(5))
-        d = d_projected + d_recurrent
-        d_c = (
-            f * (1 - f) * d[hs : 2 * hs] * hidden[1]
-            + f * d_hidden[1]
-            + i * (1 - i) * d[:hs] * cand
-            + i * (1 - cand * cand) * d[2 * hs : 3 * hs]
-        )
-        d_h = o * (1 - o) * d[3 * hs :] * tanh_c + o * (1 - tanh_c * tanh_c) * d_c
-        return d_h, d_c
-
-    def has_fused_tangent(self) -> bool:
-        return self.weight_hr is None and super().has_fused_tangent()
+        h = o * self.activation_fn(c)
+        return (h if self.weight_hr is None else self.weight_hr @ h), c
 
     def output(self, hidden: LSTMHidden) -> Float[Array, " output_size"]:  # pyright: ignore[reportIncompatibleMethodOverride]
         """What the layer above sees: `h` of `(h, c)`.

@@ -18,9 +18,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray
 
-from ._cell import AbstractCell, AbstractFusedCell
+from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
-from ._fused import fused_scan
 from ._linear_cell import AbstractLinearCell
 from ._linear_scan import (
     Mode,
@@ -181,20 +180,6 @@ def check_unroll(unroll: Any, where: str) -> None:
         )
 
 
-FUSED_BACKWARD = True
-
-
-def use_fused_backward(cell: Any) -> bool:
-    """Whether `cell` runs through `_fused.py` (its faster backward pass): eqrnn's
-    `GRUCell` and `LSTMCell` with their default activations and no `proj_size`,
-    unless `FUSED_BACKWARD` is switched off (the tests compare both paths)."""
-    return (
-        FUSED_BACKWARD
-        and isinstance(cell, AbstractFusedCell)
-        and cell.has_fused_tangent()
-    )
-
-
 def _hoist_projection() -> bool:
     """Whether to project the inputs of all steps in one matmul before the scan.
 
@@ -286,9 +271,7 @@ def scan_with_final(
                 where=where,
                 mode=mode,
             )
-        if not use_fused_backward(cell) and (
-            isinstance(cell, AbstractLinearCell) or _hoist_projection()
-        ):
+        if isinstance(cell, AbstractLinearCell) or _hoist_projection():
             # The input projection of every step in one matmul (a linear cell's
             # engine needs every step's coefficients at once anyway).
             xs = cell.project_inputs(inputs)
@@ -319,26 +302,9 @@ def scan_with_final(
         out = jax.tree.map(lambda n: jnp.where(ok, n, jnp.zeros_like(n)), new)
         return _tree_where(ok, new, carry), (out if stack else None)
 
-    def run_generic(carry: Any, seq_in: Any) -> tuple[Any, Any]:
+    def run_steps(carry: Any, seq_in: Any) -> tuple[Any, Any]:
         return jax.lax.scan(body, carry, seq_in, reverse=reverse, unroll=unroll)
 
-    def run_fused(carry: Any, seq_in: Any) -> tuple[Any, Any]:
-        # The same steps, with a faster backward pass: see `_fused.py`.
-        x, ok, reset, _ = seq_in
-        assert isinstance(cell, AbstractFusedCell)
-        return fused_scan(
-            cell,
-            x,
-            carry,
-            reset_state,
-            ok,
-            reset,
-            reverse=reverse,
-            unroll=unroll,
-            stack=stack,
-        )
-
-    run_steps = run_fused if use_fused_backward(cell) else run_generic
     seq_in = (xs, valid, resets, keys)
     if not isinstance(cell, AbstractLinearCell):
         if chunk is None:
