@@ -33,6 +33,14 @@ inputs plus the peak of the CPU allocator's live bytes during one call, from
 `torch.profiler`'s allocation events. Where it cannot be measured it is reported as
 n/a.
 
+Three studies run eqrnn alone instead of the comparison: `run_checkpoint_study`
+(LSTM with and without `checkpoint=True`), `run_parallel_study` (the parallel-in-time
+cells in each scan mode next to `GRUCell`: time, tokens per second, speedup, memory)
+and `run_long_study` (every cell over long sequences with and without checkpointing,
+each configuration in a fresh process so that its peak resident memory is its own,
+and whether the loss and gradients stay finite). Their loss is the sum of
+`cell.output(hidden)` over every step and sequence, with input size = hidden size.
+
 Nothing here imports torch or flax at module level: each peer is imported when it is
 run, and a peer that fails to import is skipped with a note.
 """
@@ -48,11 +56,12 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import equinox as eqx
 import jax
@@ -60,8 +69,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._gru import GRUCell
+from ._linear_scan import Mode
+from ._lru import LRU, RGLRU
 from ._lstm import LSTMCell
+from ._mgu import MGUCell
+from ._min_rnn import MinGRU, MinLSTM
 from ._scan import scan_all_hidden
+from ._simple import SimpleCell
 
 
 @runtime_checkable
@@ -134,6 +148,15 @@ class BenchConfig:
     unroll: int = 1
     checkpoint: bool | int = False
     checkpoint_study: bool = False
+    parallel_study: bool = False
+    long_study: bool = False
+    # The studies' own settings; `()`/`None` picks each study's default.
+    lengths: tuple[int, ...] = ()
+    scan_modes: tuple[str, ...] = ()
+    batch_size: int | None = None
+    hidden_size: int | None = None
+    in_process: bool = False
+    memory_limit_gib: float = 4.0
     json_path: str | None = None
     seed: int = 0
     command: tuple[str, ...] = ()
@@ -291,9 +314,12 @@ class JaxImplementation(Implementation):
     def summarize(self, pass_: str, result: Any) -> dict[str, float]:
         if pass_ == "fwd":
             return {"loss": float(result)}
-        loss, (_, grad_inputs) = result
-        norm = np.linalg.norm(np.asarray(grad_inputs, np.float64))
-        return {"loss": float(loss), "grad_inputs_norm": float(norm)}
+        loss, (grad_params, grad_inputs) = result
+        return {
+            "loss": float(loss),
+            "grad_inputs_norm": _norm(grad_inputs),
+            "grad_params_norm": _norm(grad_params),
+        }
 
     def compile_info(self, pass_: str) -> dict[str, Any]:
         return self._compile_info[pass_]
@@ -316,6 +342,13 @@ class JaxImplementation(Implementation):
             "output_bytes": output,
             "alias_bytes": int(stats.alias_size_in_bytes),
         }
+
+
+def _norm(tree: Any) -> float:
+    """The 2-norm of every leaf of `tree` together, in float64 (inf or NaN if any
+    entry is)."""
+    leaves = [np.asarray(leaf, np.float64).ravel() for leaf in jax.tree.leaves(tree)]
+    return float(np.linalg.norm(np.concatenate(leaves))) if leaves else 0.0
 
 
 def _h_of(cell: str, hiddens: Any) -> Any:
@@ -657,8 +690,9 @@ def measure(
                 impl.call(pass_)
             if pass_ == "fwd" or "loss" not in record:
                 record["loss"] = first["loss"]
-            if "grad_inputs_norm" in first:
-                record["grad_inputs_norm"] = first["grad_inputs_norm"]
+            for key in ("grad_inputs_norm", "grad_params_norm"):
+                if key in first:
+                    record[key] = first[key]
             record[pass_] = {
                 "first_loss": first["loss"],
                 "times_ms": [],
@@ -735,7 +769,10 @@ def _fmt_compile(info: dict[str, Any]) -> str:
 
 def _fmt_mib(memory: dict[str, Any]) -> str:
     peak = memory.get("peak_bytes")
-    return "n/a" if peak is None else f"{peak / 2**20:.3g}"
+    if peak is None:
+        return "n/a"
+    mib = peak / 2**20
+    return f"{mib:.3g}" if mib < 1000 else f"{mib:.0f}"
 
 
 def format_block(
@@ -819,6 +856,7 @@ def machine_info(torch_threads: int | None) -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS"),
+        "eqrnn_source": _source_revision(),
         "versions": {
             "eqrnn": eqrnn.__version__,
             "jax": jax.__version__,
@@ -828,6 +866,42 @@ def machine_info(torch_threads: int | None) -> dict[str, Any]:
             "torch": version("torch"),
             "flax": version("flax"),
         },
+    }
+
+
+def _source_revision() -> dict[str, Any] | None:
+    """The git commit of the eqrnn source being measured, and the files of `eqrnn/`
+    changed since (`None` outside a git checkout)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", *args],
+                cwd=package,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    # Only a checkout of eqrnn itself: not, say, a project whose virtual environment
+    # holds an installed eqrnn.
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or os.path.realpath(top.strip()) != os.path.realpath(
+        os.path.dirname(package)
+    ):
+        return None
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    changed = git("status", "--porcelain", "--", ".") or ""
+    return {
+        "commit": commit.strip(),
+        "changed_files": [line[3:] for line in changed.splitlines() if line.strip()],
     }
 
 
@@ -847,8 +921,9 @@ def run_bench(config: BenchConfig, out: TextOut | None = None) -> dict[str, Any]
     stdout), write the JSON report if `config.json_path` is set, and return it."""
     # sys.stdout is typed `TextIO | Any`: declare, so that the `Any` does not leak.
     stream: TextOut = sys.stdout if out is None else out
-    # The checkpoint study runs eqrnn alone.
-    requested = () if config.checkpoint_study else config.peers
+    # The studies run eqrnn alone.
+    study = config.checkpoint_study or config.parallel_study or config.long_study
+    requested = () if study else config.peers
     peers, skipped = load_peers(requested, stream)
     torch_threads, restore_threads = _set_torch_threads(peers)
     try:
@@ -868,7 +943,9 @@ def run_bench(config: BenchConfig, out: TextOut | None = None) -> dict[str, Any]
                 },
                 "seed": config.seed,
                 "dtype": "float32",
-                "loss": "sum of h over every step and example; gradients w.r.t. "
+                "loss": STUDY_LOSS
+                if config.parallel_study or config.long_study
+                else "sum of h over every step and example; gradients w.r.t. "
                 "the parameters and the inputs",
                 "compile_method": JAX_COMPILE_METHOD,
                 "timer": "time.perf_counter, round-robin over implementations",
@@ -877,10 +954,11 @@ def run_bench(config: BenchConfig, out: TextOut | None = None) -> dict[str, Any]
         }
         machine = report["machine"]
         threads = "" if torch_threads is None else f", torch threads {torch_threads}"
+        order = "one after another" if config.long_study else "round-robin"
         print(
             f"eqrnn bench: jax {machine['versions']['jax']} on "
             f"{machine['jax_backend']} ({machine['jax_cores']} cores){threads}, "
-            f"float32, {config.reps} reps round-robin after {config.warmup} warm-up "
+            f"float32, {config.reps} reps {order} after {config.warmup} warm-up "
             "calls.",
             file=stream,
         )
@@ -896,6 +974,10 @@ def run_bench(config: BenchConfig, out: TextOut | None = None) -> dict[str, Any]
             )
         if config.checkpoint_study:
             report["checkpoint_study"] = run_checkpoint_study(config, stream)
+        elif config.parallel_study:
+            report["parallel_study"] = run_parallel_study(config, stream)
+        elif config.long_study:
+            report["long_study"] = run_long_study(config, stream)
         else:
             report["results"] = _run_comparison(config, peers, stream)
     finally:
@@ -995,3 +1077,581 @@ def run_checkpoint_study(config: BenchConfig, out: TextOut) -> dict[str, Any]:
     )
     print("\n".join(lines), file=out)
     return study
+
+
+# --- Studies of every cell: parallel-in-time and long sequences --------------------
+
+# Command-line name -> class. Every one is built as `cls(input_size, hidden_size,
+# dtype=float32, key=...)` with its default initialisation; `RGLRU` needs
+# `input_size == hidden_size`, so the studies use I = H throughout.
+CELL_CLASSES: dict[str, type[Any]] = {
+    "simple": SimpleCell,
+    "gru": GRUCell,
+    "lstm": LSTMCell,
+    "mgu": MGUCell,
+    "mingru": MinGRU,
+    "minlstm": MinLSTM,
+    "lru": LRU,
+    "rglru": RGLRU,
+}
+ALL_CELLS = tuple(CELL_CLASSES)
+LINEAR_CELLS = ("mingru", "minlstm", "lru", "rglru")
+SCAN_MODES = ("sequential", "associative", "chunked")
+
+PARALLEL_BASELINE = "gru"
+PARALLEL_CELLS = (PARALLEL_BASELINE, *LINEAR_CELLS)
+PARALLEL_LENGTHS = (1024, 4096, 16384)
+PARALLEL_BATCH = 16
+PARALLEL_HIDDEN = 256
+PARALLEL_REPS = 3
+PARALLEL_TARGET_T = 4096
+PARALLEL_TARGET_SPEEDUP = 3.0
+
+LONG_CELLS = ALL_CELLS
+LONG_LENGTHS = (1000, 10000, 100000)
+LONG_BATCH = 1
+LONG_HIDDEN = 32
+LONG_REPS = 3
+LONG_MODE = "auto"
+
+STUDY_WARMUP = 1
+STUDY_LOSS = (
+    "sum of cell.output(hidden) over every step and example (h for GRU/LSTM-type "
+    "cells, the output y for LRU); gradients w.r.t. the parameters and the inputs"
+)
+RSS_METHOD = (
+    "peak resident set size of a fresh process that ran only this configuration: "
+    "VmHWM of /proc/self/status (Linux), else getrusage(RUSAGE_SELF).ru_maxrss; it "
+    "includes the Python, JAX and XLA runtime and the compilation"
+)
+
+
+def cell_label(name: str) -> str:
+    """The class name of a command-line cell name: `"mingru"` -> `"MinGRU"`."""
+    return CELL_CLASSES[name].__name__
+
+
+def make_cell(name: str, size: int, seed: int) -> Any:
+    """An eqrnn cell with `input_size = hidden_size = size`, float32, default
+    initialisation from `seed`."""
+    cls = CELL_CLASSES[name]
+    return cls(size, size, dtype=jnp.float32, key=jax.random.key(seed))
+
+
+def output_sum_loss(
+    static: Any, *, mode: str = "auto", checkpoint: bool | int = False
+) -> Callable[[Any, Any], Any]:
+    """`loss_fn(params, inputs)` for inputs `(batch, time, input_size)`: the sum of
+    `cell.output(hidden)` over every step and example, where `cell =
+    eqx.combine(params, static)` runs over each sequence with `scan_all_hidden(...,
+    mode=mode, checkpoint=checkpoint)` under `jax.vmap`."""
+    scan_mode = cast(Mode, mode)
+
+    def loss_fn(params: Any, inputs: Any) -> Any:
+        cell = eqx.combine(params, static)
+
+        def one_sequence(x: Any) -> Any:
+            hiddens = scan_all_hidden(cell, x, mode=scan_mode, checkpoint=checkpoint)
+            return jax.vmap(cell.output)(hiddens)
+
+        return jnp.sum(jax.vmap(one_sequence)(inputs))
+
+    return loss_fn
+
+
+def study_inputs(batch: int, time_steps: int, size: int, seed: int) -> Any:
+    """N(0, 1) inputs `(batch, time, size)`, float32."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, time_steps, size), dtype=np.float32)
+    return jnp.asarray(x, jnp.float32)
+
+
+def build_cell_implementation(
+    name: str,
+    size: int,
+    inputs: Any,
+    seed: int,
+    *,
+    mode: str | None = None,
+    checkpoint: bool | int = False,
+) -> JaxImplementation:
+    """eqrnn cell `name` (I = H = `size`) over `inputs`, loss `output_sum_loss`.
+    `mode=None`: the cell's default (`"auto"`), labelled without a mode."""
+    cell = make_cell(name, size, seed)
+    params, static = eqx.partition(cell, eqx.is_inexact_array)
+    loss_fn = output_sum_loss(static, mode=mode or "auto", checkpoint=checkpoint)
+    label = cell_label(name) if mode is None else f"{cell_label(name)} {mode}"
+    return JaxImplementation(label, "eqrnn", loss_fn, params, inputs)
+
+
+def _fmt_rate(per_s: float | None) -> str:
+    if per_s is None:
+        return "n/a"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if per_s >= scale:
+            return f"{per_s / scale:.3g}{suffix}"
+    return f"{per_s:.3g}"
+
+
+def _fmt_speedup(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _table(rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    """Aligned columns: the first `left` left-aligned, the rest right-aligned."""
+    widths = [max(len(row[j]) for row in rows) for j in range(len(rows[0]))]
+    return [
+        "  ".join(
+            c.ljust(w) if j < left else c.rjust(w)
+            for j, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def run_parallel_study(config: BenchConfig, out: TextOut) -> dict[str, Any]:
+    """Every parallel-in-time cell in every scan mode next to eqrnn's `GRUCell`, at
+    each sequence length: forward and forward+backward time, tokens per second,
+    speedup over `GRUCell`, compile time and XLA's planned peak memory. Each length
+    is one round-robin over all of them."""
+    cells = config.cells or PARALLEL_CELLS
+    modes = config.scan_modes or SCAN_MODES
+    lengths = config.lengths or PARALLEL_LENGTHS
+    batch = config.batch_size or PARALLEL_BATCH
+    size = config.hidden_size or PARALLEL_HIDDEN
+    passes = config.passes
+    study: dict[str, Any] = {
+        "cells": list(cells),
+        "scan_modes": list(modes),
+        "lengths": list(lengths),
+        "batch": batch,
+        "input_size": size,
+        "hidden_size": size,
+        "passes": list(passes),
+        "loss": STUDY_LOSS,
+        "baseline": cell_label(PARALLEL_BASELINE),
+        "tokens_per_s": "batch * T / time (median time; the _best rate from the min)",
+        "speedup_vs_gru": "GRUCell's time / this time at the same T (median, min)",
+        "results": [],
+    }
+    print(
+        f"\n== parallel study: eqrnn cells, B={batch}, I=H={size}, float32; loss: "
+        f"{STUDY_LOSS}. ms = median [min] of {config.reps} reps; tok/s = B*T / "
+        "median; xGRU = GRUCell's time / this time, median|min, same T.",
+        file=out,
+    )
+    for t in lengths:
+        inputs = study_inputs(batch, t, size, config.seed)
+        impls: list[Implementation] = []
+        keys: list[tuple[str, str | None]] = []
+        for cell in cells:
+            for mode in (None,) if cell not in LINEAR_CELLS else modes:
+                impls.append(
+                    build_cell_implementation(
+                        cell, size, inputs, config.seed, mode=mode
+                    )
+                )
+                keys.append((cell, mode))
+        records = measure(impls, passes, config.reps, config.warmup)
+        baseline = next(
+            (r for r, (c, _) in zip(records, keys, strict=True) if c == "gru"), None
+        )
+        for record, (cell, mode) in zip(records, keys, strict=True):
+            record.update(
+                {
+                    "cell": cell_label(cell),
+                    "mode": mode,
+                    "T": t,
+                    "size": {"T": t, "B": batch, "I": size, "H": size},
+                }
+            )
+            record["finite"] = all(
+                math.isfinite(record.get(k, 0.0))
+                for k in ("loss", "grad_inputs_norm", "grad_params_norm")
+            )
+            for pass_ in passes:
+                e = record[pass_]
+                e["tokens_per_s"] = batch * t / (e["median_ms"] / 1e3)
+                e["tokens_per_s_best"] = batch * t / (e["min_ms"] / 1e3)
+                for stat in ("median", "min"):
+                    e[f"speedup_vs_gru_{stat}"] = (
+                        None
+                        if baseline is None
+                        else baseline[pass_][f"{stat}_ms"] / e[f"{stat}_ms"]
+                    )
+        study["results"].extend(records)
+        print("", file=out)
+        print(
+            _format_parallel_block(records, passes, batch, size, t, config.reps),
+            file=out,
+        )
+        out.flush()
+    study["mingru_fwd_bwd_speedup"] = _mingru_summary(study["results"])
+    for line in _mingru_summary_lines(study["mingru_fwd_bwd_speedup"]):
+        print(line, file=out)
+    return study
+
+
+def _format_parallel_block(
+    records: Sequence[dict[str, Any]],
+    passes: Sequence[str],
+    batch: int,
+    size: int,
+    t: int,
+    reps: int,
+) -> str:
+    header = ["cell", "mode"]
+    for pass_ in passes:
+        label = PASS_LABELS[pass_]
+        header += [f"{label} ms", "tok/s", "xGRU"]
+    header += [
+        "compile s " + "|".join(PASS_LABELS[p] for p in passes),
+        "peak MiB " + "|".join(PASS_LABELS[p] for p in passes),
+    ]
+    rows = [header]
+    for r in records:
+        row = [r["cell"], r["mode"] or "-"]
+        for pass_ in passes:
+            e = r[pass_]
+            row += [
+                f"{_fmt_ms(e['median_ms'])} [{_fmt_ms(e['min_ms'])}]",
+                _fmt_rate(e["tokens_per_s"]),
+                f"{_fmt_speedup(e['speedup_vs_gru_median'])}|"
+                f"{_fmt_speedup(e['speedup_vs_gru_min'])}",
+            ]
+        row += [
+            "|".join(_fmt_compile(r[p]["compile"]) for p in passes),
+            "|".join(_fmt_mib(r[p]["memory"]) for p in passes),
+        ]
+        rows.append(row)
+    title = f"== T={t} (B={batch} I={size} H={size}): ms = median [min] of {reps} reps"
+    lines = [title, *_table(rows, left=2)]
+    for r in records:
+        if not r["finite"]:
+            lines.append(
+                f"note: {r['implementation']}: loss {r['loss']}, gradient norms "
+                f"{r.get('grad_inputs_norm')} (inputs), "
+                f"{r.get('grad_params_norm')} (parameters): not finite."
+            )
+    return "\n".join(lines)
+
+
+def _mingru_summary(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """MinGRU's fwd+bwd speedup over GRUCell, per T and mode."""
+    summary: dict[str, Any] = {}
+    for r in results:
+        if r["cell"] != "MinGRU" or "fwd_bwd" not in r:
+            continue
+        e = r["fwd_bwd"]
+        if e["speedup_vs_gru_median"] is None:
+            continue
+        summary.setdefault(str(r["T"]), {})[r["mode"]] = {
+            "median": e["speedup_vs_gru_median"],
+            "min": e["speedup_vs_gru_min"],
+        }
+    return summary
+
+
+def _mingru_summary_lines(summary: dict[str, Any]) -> list[str]:
+    if not summary:
+        return []
+    lines = [
+        "",
+        f"MinGRU fwd+bwd speedup over GRUCell, median [min] (target: >= "
+        f"{PARALLEL_TARGET_SPEEDUP:g}x at T={PARALLEL_TARGET_T}):",
+    ]
+    for t, by_mode in summary.items():
+        parts = ", ".join(
+            f"{mode} {v['median']:.2f}x [{v['min']:.2f}x]"
+            for mode, v in by_mode.items()
+        )
+        lines.append(f"  T={t}: {parts}")
+    if str(PARALLEL_TARGET_T) in summary:
+        best = max(v["median"] for v in summary[str(PARALLEL_TARGET_T)].values())
+        met = "met" if best >= PARALLEL_TARGET_SPEEDUP else "not met"
+        lines.append(
+            f"  target at T={PARALLEL_TARGET_T}: {met} (best median {best:.2f}x)"
+        )
+    return lines
+
+
+# --- Long sequences with checkpointing ---------------------------------------------
+
+_LONG_RESULT_MARKER = "EQRNN-LONG-STUDY-RESULT "
+
+
+def _peak_rss_bytes() -> tuple[int | None, str]:
+    """This process's peak resident set size so far, and how it was read.
+
+    On Linux, `VmHWM` of `/proc/self/status`: the high-water mark of this process's
+    own address space. `getrusage`'s `ru_maxrss` is not used there because Linux
+    carries the parent's high-water mark over `fork`/`vfork` + `exec` into it, so a
+    child of a large process would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "VmHWM"
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:
+        return None, "n/a (no /proc/self/status, no resource module)"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (peak if sys.platform == "darwin" else peak * 1024), "ru_maxrss"
+
+
+def _all_finite(tree: Any) -> bool:
+    return all(bool(np.isfinite(np.asarray(x)).all()) for x in jax.tree.leaves(tree))
+
+
+def run_long_configuration(spec: dict[str, Any]) -> dict[str, Any]:
+    """One configuration of the long study, in this process: compile forward+backward
+    of `scan_all_hidden(cell, x, checkpoint=..., mode=...)` under `jax.vmap`, check
+    XLA's plan against the memory limit, run it once (is the loss and every gradient
+    finite?), warm up, time `reps` calls. `spec` holds `cell`, `T`, `batch`,
+    `hidden_size`, `checkpoint`, `mode`, `reps`, `warmup`, `seed`, `memory_limit_bytes`
+    and `measure_rss` (report the process's peak resident memory: meaningful only in
+    a process that runs this configuration alone)."""
+    t, batch, size = spec["T"], spec["batch"], spec["hidden_size"]
+    result: dict[str, Any] = {
+        k: spec[k] for k in ("cell", "T", "batch", "hidden_size", "checkpoint", "mode")
+    }
+    result["cell"] = cell_label(spec["cell"])
+    rss: dict[str, Any] = {}
+    measure_rss = spec["measure_rss"]
+    if measure_rss:
+        jax.block_until_ready(jnp.zeros(()) + 1)  # start the backend first
+        rss["after_start_bytes"], how = _peak_rss_bytes()
+        rss["method"] = f"{RSS_METHOD} (read: {how})"
+    else:
+        rss["method"] = "n/a (run in the benchmark's own process)"
+    result["rss"] = rss
+
+    inputs = study_inputs(batch, t, size, spec["seed"])
+    mode = spec["mode"] if spec["cell"] in LINEAR_CELLS else "auto"
+    impl = build_cell_implementation(
+        spec["cell"],
+        size,
+        inputs,
+        spec["seed"],
+        mode=mode,
+        checkpoint=spec["checkpoint"],
+    )
+    impl.prepare("fwd_bwd")
+    result["compile"] = impl.compile_info("fwd_bwd")
+    result["memory"] = memory = impl.memory("fwd_bwd")
+    if measure_rss:
+        rss["after_compile_bytes"] = _peak_rss_bytes()[0]
+    planned = memory.get("peak_bytes")
+    if planned is not None and planned > spec["memory_limit_bytes"]:
+        result["skipped"] = (
+            f"XLA plans {planned / 2**30:.2f} GiB, over the "
+            f"{spec['memory_limit_bytes'] / 2**30:g} GiB limit: not run"
+        )
+        return result
+
+    loss, grads = impl.call("fwd_bwd")
+    result["loss"] = float(loss)
+    result["grad_inputs_norm"] = _norm(grads[1])
+    result["grad_params_norm"] = _norm(grads[0])
+    result["finite"] = bool(np.isfinite(float(loss))) and _all_finite(grads)
+    del loss, grads
+    for _ in range(spec["warmup"] - 1):
+        impl.call("fwd_bwd")
+    times: list[float] = []
+    gc.collect()
+    for _ in range(spec["reps"]):
+        start = time.perf_counter()
+        impl.call("fwd_bwd")
+        times.append(1e3 * (time.perf_counter() - start))
+    result["times_ms"] = times
+    result["median_ms"] = statistics.median(times)
+    result["min_ms"] = min(times)
+    result["tokens_per_s"] = batch * t / (result["median_ms"] / 1e3)
+    if measure_rss:
+        rss["peak_bytes"] = _peak_rss_bytes()[0]
+    return result
+
+
+def _long_study_worker() -> None:
+    """The entry point of a long-study subprocess: a JSON spec on stdin, the result
+    as one marked JSON line on stdout."""
+    spec = json.loads(sys.stdin.read())
+    result = run_long_configuration(spec)
+    print(_LONG_RESULT_MARKER + json.dumps(result), flush=True)
+
+
+def run_long_configuration_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
+    """`run_long_configuration(spec)` in a fresh Python process, so that its peak
+    resident memory is this configuration's alone. A process that fails (say, killed
+    for memory) gives a result with `error` and the end of its stderr."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root, env.get("PYTHONPATH")) if p
+    )
+    code = "from eqrnn._bench import _long_study_worker; _long_study_worker()"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps({**spec, "measure_rss": True}),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(_LONG_RESULT_MARKER):
+            return json.loads(line.removeprefix(_LONG_RESULT_MARKER))
+    return {
+        "cell": cell_label(spec["cell"]),
+        **{k: spec[k] for k in ("T", "batch", "hidden_size", "checkpoint", "mode")},
+        "error": f"the subprocess exited with status {done.returncode}",
+        "stderr_tail": done.stderr[-2000:],
+    }
+
+
+def run_long_study(config: BenchConfig, out: TextOut) -> dict[str, Any]:
+    """Forward+backward of every cell over long sequences with `checkpoint=True`
+    and `checkpoint=False`: time, XLA's planned peak, the peak resident memory of a
+    process that ran only that configuration, and whether the loss and every
+    gradient are finite."""
+    cells = config.cells or LONG_CELLS
+    lengths = config.lengths or LONG_LENGTHS
+    batch = config.batch_size or LONG_BATCH
+    size = config.hidden_size or LONG_HIDDEN
+    modes = config.scan_modes or (LONG_MODE,)
+    limit = int(config.memory_limit_gib * 2**30)
+    study: dict[str, Any] = {
+        "cells": list(cells),
+        "lengths": list(lengths),
+        "batch": batch,
+        "input_size": size,
+        "hidden_size": size,
+        "scan_modes": list(modes),
+        "checkpoints": [True, False],
+        "loss": STUDY_LOSS,
+        "memory_limit_bytes": limit,
+        "process": "in-process" if config.in_process else "one subprocess each",
+        "rss_method": None if config.in_process else RSS_METHOD,
+        "timing": "each configuration on its own, one after another (not "
+        "round-robin): median and min of reps calls after warm-up",
+        "results": [],
+    }
+    where = (
+        "all in this process (no per-configuration RSS)"
+        if config.in_process
+        else "each in a fresh process (RSS = its peak resident memory)"
+    )
+    print(
+        f"\n== long study: fwd+bwd of scan_all_hidden(cell, x, checkpoint=...) under "
+        f"vmap, B={batch}, I=H={size}, float32, {config.reps} reps after "
+        f"{config.warmup} warm-up call(s), configurations {where}; "
+        f"not run where XLA plans more than {config.memory_limit_gib:g} GiB.",
+        file=out,
+    )
+    print(
+        "ms = median [min]; plan = XLA buffer plan (argument + output + temp) MiB; "
+        "finite = loss and every gradient finite.",
+        file=out,
+    )
+    rows: list[list[str]] = [
+        [
+            "cell",
+            "mode",
+            "T",
+            "ckpt=True ms",
+            "plan",
+            "RSS",
+            "ckpt=False ms",
+            "plan",
+            "RSS",
+            "finite",
+            "compile s T|F",
+        ]
+    ]
+    for cell in cells:
+        for mode in modes if cell in LINEAR_CELLS else ("auto",):
+            for t in lengths:
+                pair = []
+                for checkpoint in (True, False):
+                    spec = {
+                        "cell": cell,
+                        "T": t,
+                        "batch": batch,
+                        "hidden_size": size,
+                        "checkpoint": checkpoint,
+                        "mode": mode,
+                        "reps": config.reps,
+                        "warmup": config.warmup,
+                        "seed": config.seed,
+                        "memory_limit_bytes": limit,
+                        "measure_rss": False,
+                    }
+                    if config.in_process:
+                        result = run_long_configuration(spec)
+                    else:
+                        result = run_long_configuration_in_subprocess(spec)
+                    study["results"].append(result)
+                    pair.append(result)
+                    print(_long_progress(result), file=out)
+                    out.flush()
+                rows.append(_long_row(pair, mode if cell in LINEAR_CELLS else "-"))
+    print("", file=out)
+    print("\n".join(_table(rows, left=2)), file=out)
+    for r in study["results"]:
+        if "error" in r:
+            print(
+                f"note: {r['cell']} T={r['T']} checkpoint={r['checkpoint']}: "
+                f"{r['error']}",
+                file=out,
+            )
+        elif r.get("finite") is False:
+            print(
+                f"note: {r['cell']} T={r['T']} checkpoint={r['checkpoint']}: loss "
+                f"{r['loss']}, gradient norms {r['grad_inputs_norm']} (inputs), "
+                f"{r['grad_params_norm']} (parameters): not finite.",
+                file=out,
+            )
+    return study
+
+
+def _long_progress(r: dict[str, Any]) -> str:
+    where = f"{r['cell']} {r['mode']} T={r['T']} checkpoint={r['checkpoint']}"
+    if "error" in r:
+        return f"  {where}: {r['error']}"
+    plan = f"plan {_fmt_mib(r['memory'])} MiB"
+    if "skipped" in r:
+        return f"  {where}: {r['skipped']}"
+    peak = r["rss"].get("peak_bytes")
+    rss = "" if peak is None else f", RSS {peak / 2**20:.0f} MiB"
+    finite = "finite" if r["finite"] else "NOT FINITE"
+    return (
+        f"  {where}: {_fmt_ms(r['median_ms'])} [{_fmt_ms(r['min_ms'])}] ms, {plan}"
+        f"{rss}, compile {_fmt_compile(r['compile'])} s, {finite}"
+    )
+
+
+def _long_row(pair: Sequence[dict[str, Any]], mode: str) -> list[str]:
+    first = pair[0]
+    row = [first["cell"], mode, str(first["T"])]
+    finite = []
+    for r in pair:
+        if "error" in r:
+            row += ["failed", "n/a", "n/a"]
+            finite.append("?")
+            continue
+        plan = _fmt_mib(r["memory"])
+        peak = r["rss"].get("peak_bytes")
+        rss = "n/a" if peak is None else f"{peak / 2**20:.0f}"
+        if "skipped" in r:
+            row += ["not run", plan, "n/a"]
+            finite.append("-")
+            continue
+        row += [f"{_fmt_ms(r['median_ms'])} [{_fmt_ms(r['min_ms'])}]", plan, rss]
+        finite.append("yes" if r["finite"] else "NO")
+    compiles = [
+        "n/a" if "compile" not in r else _fmt_compile(r["compile"]) for r in pair
+    ]
+    return [*row, "|".join(finite), "|".join(compiles)]

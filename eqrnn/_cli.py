@@ -10,7 +10,29 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._bench import CHECKPOINT_STUDY_SIZE, PEERS, SIZES, BenchConfig, Size, run_bench
+from ._bench import (
+    ALL_CELLS,
+    CELLS,
+    CHECKPOINT_STUDY_SIZE,
+    LINEAR_CELLS,
+    LONG_BATCH,
+    LONG_CELLS,
+    LONG_HIDDEN,
+    LONG_LENGTHS,
+    LONG_REPS,
+    PARALLEL_BATCH,
+    PARALLEL_CELLS,
+    PARALLEL_HIDDEN,
+    PARALLEL_LENGTHS,
+    PARALLEL_REPS,
+    PEERS,
+    SCAN_MODES,
+    SIZES,
+    STUDY_WARMUP,
+    BenchConfig,
+    Size,
+    run_bench,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,6 +146,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
     sizes = "; ".join(f"{s.name}: {s.describe()}" for s in SIZES.values())
     bench = subparsers.add_parser(
@@ -137,16 +169,19 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
             "loss sum(h); fwd+bwd adds the gradients w.r.t. parameters and inputs. "
             "Prints median [min] times in ms, ratios to PyTorch, eqrnn's speedup vs "
             "Flax, compile time and peak memory. A peer that cannot be imported is "
-            "skipped with a note."
+            "skipped with a note. --checkpoint-study, --parallel-study and "
+            "--long-study run eqrnn alone instead (see below)."
         ),
         epilog=f"Sizes: {sizes}.",
     )
     bench.add_argument(
         "--cells",
         nargs="+",
-        choices=("lstm", "gru"),
-        default=["lstm", "gru"],
-        help="cells to run (default: lstm gru)",
+        choices=ALL_CELLS,
+        default=None,
+        help="cells to run (default: lstm gru; --parallel-study: "
+        f"{' '.join(PARALLEL_CELLS)}; --long-study: all). The comparison and "
+        "--checkpoint-study take lstm and gru only",
     )
     bench.add_argument(
         "--sizes",
@@ -178,14 +213,16 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
     bench.add_argument(
         "--reps",
         type=_positive_int,
-        default=10,
-        help="timed repetitions of each implementation, round-robin (default 10)",
+        default=None,
+        help="timed repetitions of each implementation, round-robin (default 10; "
+        f"--parallel-study {PARALLEL_REPS}, --long-study {LONG_REPS})",
     )
     bench.add_argument(
         "--warmup",
         type=_positive_int,
-        default=2,
-        help="untimed calls of each implementation before timing (default 2)",
+        default=None,
+        help="untimed calls of each implementation before timing, the first "
+        f"included (default 2; the studies {STUDY_WARMUP})",
     )
     bench.add_argument(
         "--json",
@@ -210,12 +247,80 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
         "of about sqrt(T) steps, or of CHUNK steps",
     )
     study = CHECKPOINT_STUDY_SIZE.describe()
-    bench.add_argument(
+    studies = bench.add_mutually_exclusive_group()
+    studies.add_argument(
         "--checkpoint-study",
         action="store_true",
         help="instead of the comparison, time eqrnn LSTM fwd+bwd with "
         f"checkpoint=False against checkpoint=True at {study} (or --size), and "
         "report the time and memory ratios; --cells, --peers and --mode do not apply",
+    )
+    lengths = " ".join(str(t) for t in PARALLEL_LENGTHS)
+    studies.add_argument(
+        "--parallel-study",
+        action="store_true",
+        help="instead of the comparison, time eqrnn's parallel-in-time cells "
+        f"({', '.join(LINEAR_CELLS)}) in every --scan-modes next to eqrnn's GRUCell "
+        f"at each of --lengths (default {lengths}), B={PARALLEL_BATCH} "
+        f"(--batch-size), I=H={PARALLEL_HIDDEN} (--hidden-size): fwd and fwd+bwd "
+        "(--mode) ms, tokens/s, speedup over GRUCell, compile time, peak memory. "
+        "Leave gru out of --cells to skip the baseline",
+    )
+    lengths = " ".join(str(t) for t in LONG_LENGTHS)
+    studies.add_argument(
+        "--long-study",
+        action="store_true",
+        help="instead of the comparison, run fwd+bwd of every eqrnn cell with "
+        f"checkpoint=True and checkpoint=False at each of --lengths (default "
+        f"{lengths}), B={LONG_BATCH} (--batch-size), I=H={LONG_HIDDEN} "
+        "(--hidden-size), each configuration in a fresh process: time, XLA's "
+        "planned peak, the process's peak resident memory, and whether the loss "
+        "and gradients are finite",
+    )
+    bench.add_argument(
+        "--lengths",
+        nargs="+",
+        type=_positive_int,
+        default=None,
+        metavar="T",
+        help="studies only: the sequence lengths",
+    )
+    bench.add_argument(
+        "--scan-modes",
+        nargs="+",
+        choices=("auto", *SCAN_MODES),
+        default=None,
+        help="studies only: how the parallel-in-time cells run over time "
+        "(scan_all_hidden's mode=; default: all three for --parallel-study, auto "
+        "for --long-study)",
+    )
+    bench.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help=f"studies only: sequences per batch (default {PARALLEL_BATCH}; "
+        f"--long-study {LONG_BATCH})",
+    )
+    bench.add_argument(
+        "--hidden-size",
+        type=_positive_int,
+        default=None,
+        help="studies only: the hidden size, also the input size (default "
+        f"{PARALLEL_HIDDEN}; --long-study {LONG_HIDDEN})",
+    )
+    bench.add_argument(
+        "--in-process",
+        action="store_true",
+        help="--long-study only: run every configuration in this process (faster; "
+        "no per-configuration peak resident memory)",
+    )
+    bench.add_argument(
+        "--memory-limit-gib",
+        type=_positive_float,
+        default=None,
+        metavar="GIB",
+        help="--long-study only: compile but do not run a configuration for which "
+        "XLA plans more than GIB (default 4)",
     )
     bench.add_argument(
         "--seed", type=int, default=0, help="seed of the weights and inputs (default 0)"
@@ -224,26 +329,73 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    error = args.parser.error
+    parallel, long = args.parallel_study, args.long_study
+    study_name = "--parallel-study" if parallel else "--long-study"
+    if (parallel or long) and (args.sizes or args.size is not None):
+        error(
+            f"{study_name} takes --lengths, --batch-size and --hidden-size, not "
+            "--sizes or --size T,B,I,H"
+        )
     if args.checkpoint_study and args.sizes:
-        args.parser.error("--checkpoint-study takes --size T,B,I,H, not --sizes")
+        error("--checkpoint-study takes --size T,B,I,H, not --sizes")
+    if (parallel or long) and (args.unroll != 1 or args.checkpoint is not False):
+        error(
+            f"--unroll and --checkpoint do not apply to {study_name} (--long-study "
+            "runs checkpoint=True and checkpoint=False)"
+        )
+    if not (parallel or long):
+        for option in ("lengths", "scan_modes", "batch_size", "hidden_size"):
+            if getattr(args, option) is not None:
+                error(
+                    f"--{option.replace('_', '-')} applies to --parallel-study and "
+                    "--long-study only"
+                )
+    if not long:
+        if args.in_process:
+            error("--in-process applies to --long-study only")
+        if args.memory_limit_gib is not None:
+            error("--memory-limit-gib applies to --long-study only")
+    cells = tuple(dict.fromkeys(args.cells)) if args.cells else None
+    allowed = PARALLEL_CELLS if parallel else LONG_CELLS if long else CELLS
+    if cells is not None and not set(cells) <= set(allowed):
+        what = study_name if parallel or long else "the comparison"
+        if args.checkpoint_study:
+            what = "--checkpoint-study"
+        bad = " ".join(c for c in cells if c not in allowed)
+        error(f"{what} takes --cells among {' '.join(allowed)}, not {bad}")
     if args.sizes is None and args.size is None and not args.checkpoint_study:
-        names = list(SIZES)
+        names = [] if parallel or long else list(SIZES)
     else:
         names = args.sizes or []
     sizes = [SIZES[name] for name in dict.fromkeys(names)]
     if args.size is not None:
         sizes.append(Size("custom", *args.size))
     passes = {"both": ("fwd", "fwd_bwd"), "fwd": ("fwd",), "fwd+bwd": ("fwd_bwd",)}
+    if parallel:
+        reps, warmup = PARALLEL_REPS, STUDY_WARMUP
+    elif long:
+        reps, warmup = LONG_REPS, STUDY_WARMUP
+    else:
+        reps, warmup = 10, 2
     config = BenchConfig(
-        cells=tuple(dict.fromkeys(args.cells)),
+        cells=cells or (() if parallel or long else CELLS),
         sizes=tuple(sizes),
         peers=tuple(dict.fromkeys(args.peers)),
-        passes=passes[args.mode],
-        reps=args.reps,
-        warmup=args.warmup,
+        passes=("fwd_bwd",) if long else passes[args.mode],
+        reps=args.reps or reps,
+        warmup=args.warmup or warmup,
         unroll=args.unroll,
         checkpoint=args.checkpoint,
         checkpoint_study=args.checkpoint_study,
+        parallel_study=parallel,
+        long_study=long,
+        lengths=tuple(dict.fromkeys(args.lengths or ())),
+        scan_modes=tuple(dict.fromkeys(args.scan_modes or ())),
+        batch_size=args.batch_size,
+        hidden_size=args.hidden_size,
+        in_process=args.in_process,
+        memory_limit_gib=args.memory_limit_gib or 4.0,
         json_path=args.json,
         seed=args.seed,
         command=tuple(args.command_line),

@@ -121,6 +121,177 @@ def test_checkpoint_study_reports_time_and_memory_ratios(tmp_path, capsys):
     assert "checkpoint=True / checkpoint=False" in printed
 
 
+def _finite_positive(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def _assert_jax_memory(memory: dict) -> None:
+    assert isinstance(memory["peak_bytes"], int) and memory["peak_bytes"] > 0
+    assert memory["peak_bytes"] == (
+        memory["temp_bytes"] + memory["argument_bytes"] + memory["output_bytes"]
+    )
+
+
+def test_parallel_study_reports_every_cell_and_mode_against_gru(tmp_path, capsys):
+    path = tmp_path / "parallel.json"
+    argv = ["bench", "--parallel-study", "--lengths", "8", "16", "--reps", "1"]
+    argv += ["--cells", "gru", "mingru", "--scan-modes", "associative"]
+    argv += ["--batch-size", "2", "--hidden-size", "4"]
+    assert main([*argv, "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(path.read_text())
+    assert report["settings"]["peers"] == []  # eqrnn alone
+    study = report["parallel_study"]
+    assert study["lengths"] == [8, 16]
+    assert (study["batch"], study["input_size"], study["hidden_size"]) == (2, 4, 4)
+    results = study["results"]
+    expected = [("GRUCell", None), ("MinGRU", "associative")]
+    assert [(r["cell"], r["mode"], r["T"]) for r in results] == [
+        (cell, mode, t) for t in (8, 16) for cell, mode in expected
+    ]
+    for t in (8, 16):
+        records = [r for r in results if r["T"] == t]
+        gru = records[0]
+        for r in records:
+            assert r["size"] == {"T": t, "B": 2, "I": 4, "H": 4}
+            assert r["finite"] is True
+            for key in ("loss", "grad_inputs_norm", "grad_params_norm"):
+                assert math.isfinite(r[key]), key
+            assert r["grad_inputs_norm"] > 0 and r["grad_params_norm"] > 0
+            for pass_ in ("fwd", "fwd_bwd"):
+                e = r[pass_]
+                _assert_pass_entry(e, r["implementation"], reps=1)
+                _assert_jax_memory(e["memory"])
+                assert e["tokens_per_s"] == pytest.approx(
+                    2 * t / (e["median_ms"] / 1e3)
+                )
+                for key in ("tokens_per_s_best", "speedup_vs_gru_median"):
+                    assert _finite_positive(e[key]), key
+                assert e["speedup_vs_gru_min"] == pytest.approx(
+                    gru[pass_]["min_ms"] / e["min_ms"]
+                )
+        assert gru["fwd_bwd"]["speedup_vs_gru_median"] == 1.0
+        assert f"== T={t} (B=2 I=4 H=4)" in printed
+    assert set(study["mingru_fwd_bwd_speedup"]) == {"8", "16"}
+    assert "\nMinGRU   associative " in printed
+    assert "MinGRU fwd+bwd speedup over GRUCell" in printed
+
+
+def test_parallel_study_without_the_baseline_and_forward_only(tmp_path, capsys):
+    path = tmp_path / "parallel.json"
+    argv = ["bench", "--parallel-study", "--lengths", "8", "--reps", "1"]
+    argv += ["--cells", "lru", "rglru", "--scan-modes", "chunked", "--mode", "fwd"]
+    argv += ["--hidden-size", "4", "--batch-size", "2", "--json", str(path)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    records = json.loads(path.read_text())["parallel_study"]["results"]
+    assert [(r["cell"], r["mode"]) for r in records] == [
+        ("LRU", "chunked"),
+        ("RGLRU", "chunked"),
+    ]
+    for record in records:
+        assert "fwd_bwd" not in record and record["finite"] is True
+        assert record["fwd"]["speedup_vs_gru_median"] is None
+        assert _finite_positive(record["fwd"]["tokens_per_s"])
+        _assert_jax_memory(record["fwd"]["memory"])
+
+
+def _assert_long_result(r: dict, t: int, reps: int) -> None:
+    assert r["T"] == t and (r["batch"], r["hidden_size"]) == (1, 4)
+    assert "error" not in r and "skipped" not in r, r
+    assert r["finite"] is True
+    for key in ("loss", "grad_inputs_norm", "grad_params_norm"):
+        assert math.isfinite(r[key]), key
+    assert len(r["times_ms"]) == reps and all(x > 0 for x in r["times_ms"])
+    assert r["min_ms"] == min(r["times_ms"])
+    assert _finite_positive(r["tokens_per_s"])
+    assert r["compile"]["seconds"] > 0
+    _assert_jax_memory(r["memory"])
+
+
+def test_long_study_runs_each_configuration_in_its_own_process(tmp_path, capsys):
+    path = tmp_path / "long.json"
+    argv = ["bench", "--long-study", "--cells", "gru", "--lengths", "16"]
+    argv += ["--reps", "2", "--hidden-size", "4", "--json", str(path)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    study = json.loads(path.read_text())["long_study"]
+    assert study["process"] == "one subprocess each"
+    assert [(r["cell"], r["checkpoint"]) for r in study["results"]] == [
+        ("GRUCell", True),
+        ("GRUCell", False),
+    ]
+    for r in study["results"]:
+        _assert_long_result(r, 16, reps=2)
+        rss = r["rss"]
+        # A fresh process: at least the JAX runtime, and far from the parent's.
+        assert rss["after_start_bytes"] <= rss["after_compile_bytes"]
+        assert rss["after_compile_bytes"] <= rss["peak_bytes"] < 4 * 2**30
+        assert rss["peak_bytes"] > 10 * 2**20
+    assert "GRUCell  -     16" in printed
+    assert "yes|yes" in printed
+
+
+def test_long_study_in_process_covers_linear_cells_and_the_memory_limit(
+    tmp_path, capsys
+):
+    path = tmp_path / "long.json"
+    argv = ["bench", "--long-study", "--in-process", "--cells", "simple", "mingru"]
+    argv += ["--lengths", "8", "--reps", "1", "--hidden-size", "4"]
+    argv += ["--scan-modes", "associative", "--json", str(path)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    study = json.loads(path.read_text())["long_study"]
+    results = study["results"]
+    assert [(r["cell"], r["checkpoint"]) for r in results] == [
+        (cell, flag) for cell in ("SimpleCell", "MinGRU") for flag in (True, False)
+    ]
+    assert [r["mode"] for r in results] == ["auto"] * 2 + ["associative"] * 2
+    for r in results:
+        _assert_long_result(r, 8, reps=1)
+        assert r["rss"]["method"].startswith("n/a")
+
+    # A plan over the limit is compiled, reported and not run.
+    argv = ["bench", "--long-study", "--in-process", "--cells", "mgu", "--lengths"]
+    argv += ["64", "--hidden-size", "4", "--memory-limit-gib", "1e-9"]
+    assert main([*argv, "--json", str(path)]) == 0
+    assert "not run" in capsys.readouterr().out
+    for r in json.loads(path.read_text())["long_study"]["results"]:
+        assert "over the" in r["skipped"] and "times_ms" not in r
+        assert r["memory"]["peak_bytes"] > 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--parallel-study", "--lengths", "0"], "positive integer"),
+        (["--parallel-study", "--lengths", "ten"], "positive integer"),
+        (["--parallel-study", "--lengths"], "expected at least one"),
+        (["--parallel-study", "--scan-modes", "parallel"], "invalid choice"),
+        (["--parallel-study", "--cells", "lstm"], "--cells among"),
+        (["--parallel-study", "--hidden-size", "-4"], "positive integer"),
+        (["--parallel-study", "--size", "8,2,3,4"], "not --sizes or --size"),
+        (["--parallel-study", "--long-study"], "not allowed with"),
+        (["--long-study", "--checkpoint-study"], "not allowed with"),
+        (["--long-study", "--memory-limit-gib", "0"], "positive number"),
+        (["--long-study", "--memory-limit-gib", "nan"], "positive number"),
+        (["--lengths", "16"], "--parallel-study and --long-study only"),
+        (["--hidden-size", "16"], "--parallel-study and --long-study only"),
+        (["--cells", "mingru"], "the comparison takes --cells among lstm gru"),
+        (["--checkpoint-study", "--cells", "lru"], "--checkpoint-study takes"),
+        (["--parallel-study", "--in-process"], "--long-study only"),
+        (["--memory-limit-gib", "2"], "--long-study only"),
+        (["--long-study", "--checkpoint"], "do not apply to --long-study"),
+        (["--parallel-study", "--unroll", "2"], "do not apply to --parallel-study"),
+    ],
+)
+def test_bad_study_options_are_rejected_with_a_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["bench", *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "peer, modules", [("flax", ["flax", "flax.nnx"]), ("torch", ["torch"])]
 )
@@ -171,4 +342,15 @@ def test_python_m_eqrnn_bench_help_exits_0():
     assert done.returncode == 0, done.stderr
     for option in ("--cells", "--sizes", "--size", "--peers", "--reps", "--json"):
         assert option in done.stdout
-    assert "--checkpoint-study" in done.stdout
+    for option in (
+        "--checkpoint-study",
+        "--parallel-study",
+        "--long-study",
+        "--lengths",
+        "--scan-modes",
+        "--hidden-size",
+        "--batch-size",
+        "--in-process",
+        "--memory-limit-gib",
+    ):
+        assert option in done.stdout, option
