@@ -317,21 +317,32 @@ def scan_with_final(
     # holds its output).
     engine = resolve_mode(mode)
     reset_linear = cell.linear_state(reset_state)
+    # Checkpointed, each chunk projects its own inputs and returns its hidden
+    # states, so that nothing of size (time, projected) is stored for the backward
+    # pass; otherwise `xs` holds the projection of every step, made once above.
+    in_chunks = chunk is not None
 
     def run_linear(carry: Any, seq_in: Any) -> tuple[Any, Any]:
         x, ok, reset, _ = seq_in
-        a, b = cell.linear_coefficients(x)
+        projected = cell.project_inputs(x) if in_chunks else x
+        a, b = cell.linear_coefficients(projected)
         a, b = mask_coefficients(a, b, ok, reset, reset_linear)
-        return linear_scan_final(
+        final, states = linear_scan_final(
             a, b, carry, mode=engine, reverse=reverse, unroll=unroll, stack=stack
         )
+        if in_chunks and states is not None:
+            states = cell.hidden_from_state(states, projected)
+        return final, states
 
     start = cell.linear_state(hidden)
     if chunk is None:
         final, states = run_linear(start, seq_in)
     else:
+        seq_in = (inputs, valid, resets, keys)
         final, states = _checkpointed(run_linear, start, seq_in, chunk, reverse)
-    return _linear_hiddens(cell, xs, hidden, final, states, length, valid, reverse)
+    return _linear_hiddens(
+        cell, seq_in[0], in_chunks, hidden, final, states, length, valid, reverse
+    )
 
 
 def _is_half(dtype: Any) -> bool:
@@ -437,7 +448,8 @@ def _checkpointed(
 
 def _linear_hiddens(
     cell: AbstractLinearCell,
-    projected: Array,
+    xs: Array,
+    raw_inputs: bool,
     hidden: Any,
     final: Any,
     states: Any,
@@ -445,22 +457,25 @@ def _linear_hiddens(
     valid: Array | None,
     reverse: bool,
 ) -> tuple[Any, Any]:
-    """The final hidden state and the stacked ones (zero at padded steps), from the
-    linear states that the engine returned."""
-    num_steps = projected.shape[0]
+    """The final hidden state and the stacked ones (zero at padded steps), from what
+    the engine returned: linear states, or, when `raw_inputs` (checkpointed: `xs`
+    are the inputs, not their projections), hidden states already."""
+    num_steps = xs.shape[0]
     if num_steps == 0:
         final = hidden
     else:
         # The last step that was run: its input completes the hidden state (`LRU`'s
         # output y needs it); with no valid step the state is the starting one.
         last = 0 if reverse else (num_steps - 1 if length is None else length - 1)
-        last_in = projected[jnp.maximum(last, 0)]
+        last_in = xs[jnp.maximum(last, 0)]
+        if raw_inputs:
+            last_in = cell.project_inputs(last_in)
         final = cell.hidden_from_state(final, last_in)
         if length is not None:
             final = _tree_where(length > 0, final, hidden)
     if states is None:
         return final, None
-    hiddens = cell.hidden_from_state(states, projected)
+    hiddens = states if raw_inputs else cell.hidden_from_state(states, xs)
     if valid is not None:
         hiddens = jax.tree.map(
             lambda h: jnp.where(

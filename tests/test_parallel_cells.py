@@ -139,23 +139,34 @@ def test_every_mode_equals_the_step_by_step_cell_with_gradients(name, getkey):
 
 @eqx.filter_jit
 def _checkpointed(cell, xs, resets, weights):
-    # Reversed, the harder direction: the padding is met first. (test_scan.py checks
-    # checkpointing both ways for the step-by-step path that this is compared to.)
-    out = {"step": _run(Stepwise(cell), xs, None, 8, resets, weights, reverse=True)}
-    for mode in MODES:
-        out[mode] = _run(
-            cell, xs, None, 8, resets, weights, reverse=True, mode=mode, checkpoint=3
+    # Both directions; reversed, the padding is met first. Each chunk projects its
+    # own inputs and forms its own hidden states (LRU's output included). Chunks of
+    # 4 steps: with chunks of 3, the compiled gradient of LRU (associative, reversed,
+    # with resets) crashes XLA's CPU backend (a segfault at run time; fine with
+    # XLA_FLAGS=--xla_backend_optimization_level=0 and with JAX_DISABLE_JIT=1, so an
+    # XLA miscompilation, not eqrnn's arithmetic). See CHANGELOG, known issues.
+    out = {}
+    for reverse in (False, True):
+        out[reverse, "step"] = _run(
+            Stepwise(cell), xs, None, 8, resets, weights, reverse=reverse
         )
+        for mode in MODES:
+            out[reverse, mode] = _run(
+                cell, xs, None, 8, resets, weights, reverse=reverse, mode=mode,
+                checkpoint=4,
+            )  # fmt: skip
     return out
 
 
-def test_checkpoint_keeps_results_and_gradients(getkey):
-    cell = make_cell("MinLSTM", getkey())
-    xs = jr.normal(getkey(), (10, 3))
+@pytest.mark.parametrize("name", ["MinGRU", "MinLSTM", "LRU", "RGLRU"])
+def test_checkpoint_keeps_results_and_gradients(name, getkey):
+    cell = make_cell(name, getkey())
+    xs = jr.normal(getkey(), (10, cell.input_size))
     resets = jnp.zeros(10, bool).at[2].set(True).at[6].set(True)
     out = _checkpointed(cell, xs, resets, jr.normal(getkey(), (8,)))
-    for mode in MODES:
-        assert_tree_allclose(out[mode], out["step"])
+    for reverse in (False, True):
+        for mode in MODES:
+            assert_tree_allclose(out[reverse, mode], out[reverse, "step"])
 
 
 @pytest.mark.parametrize(
