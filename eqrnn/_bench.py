@@ -775,6 +775,20 @@ def _fmt_mib(memory: dict[str, Any]) -> str:
     return f"{mib:.3g}" if mib < 1000 else f"{mib:.0f}"
 
 
+def _compile_and_memory_header(passes: Sequence[str]) -> list[str]:
+    labels = "|".join(PASS_LABELS[p] for p in passes)
+    return [f"compile s {labels}", f"peak MiB {labels}"]
+
+
+def _compile_and_memory_cells(
+    record: dict[str, Any], passes: Sequence[str]
+) -> list[str]:
+    return [
+        "|".join(_fmt_compile(record[p]["compile"]) for p in passes),
+        "|".join(_fmt_mib(record[p]["memory"]) for p in passes),
+    ]
+
+
 def format_block(
     title: str, records: Sequence[dict[str, Any]], passes: Sequence[str], reps: int
 ) -> str:
@@ -784,10 +798,7 @@ def format_block(
     for pass_ in passes:
         label = PASS_LABELS[pass_]
         header += [f"{label} ms", "/torch med|min"]
-    header += [
-        "compile s " + "|".join(PASS_LABELS[p] for p in passes),
-        "peak MiB " + "|".join(PASS_LABELS[p] for p in passes),
-    ]
+    header += _compile_and_memory_header(passes)
     rows = [header]
     for r in records:
         row = [r["implementation"]]
@@ -798,19 +809,9 @@ def format_block(
                 f"{_fmt_ratio(e['median_ratio_to_torch'])}|"
                 f"{_fmt_ratio(e['min_ratio_to_torch'])}",
             ]
-        row += [
-            "|".join(_fmt_compile(r[p]["compile"]) for p in passes),
-            "|".join(_fmt_mib(r[p]["memory"]) for p in passes),
-        ]
+        row += _compile_and_memory_cells(r, passes)
         rows.append(row)
-    widths = [max(len(row[j]) for row in rows) for j in range(len(header))]
-    lines = [f"== {title}: ms = median [min] of {reps} reps"]
-    for row in rows:
-        cells = [
-            c.ljust(w) if j == 0 else c.rjust(w)
-            for j, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells).rstrip())
+    lines = [f"== {title}: ms = median [min] of {reps} reps", *_table(rows)]
     speedups = []
     for r in records:
         if r["peer"] != "flax" or r[passes[0]]["median_ratio_to_eqrnn"] is None:
@@ -1304,10 +1305,7 @@ def _format_parallel_block(
     for pass_ in passes:
         label = PASS_LABELS[pass_]
         header += [f"{label} ms", "tok/s", "xGRU"]
-    header += [
-        "compile s " + "|".join(PASS_LABELS[p] for p in passes),
-        "peak MiB " + "|".join(PASS_LABELS[p] for p in passes),
-    ]
+    header += _compile_and_memory_header(passes)
     rows = [header]
     for r in records:
         row = [r["cell"], r["mode"] or "-"]
@@ -1319,10 +1317,7 @@ def _format_parallel_block(
                 f"{_fmt_speedup(e['speedup_vs_gru_median'])}|"
                 f"{_fmt_speedup(e['speedup_vs_gru_min'])}",
             ]
-        row += [
-            "|".join(_fmt_compile(r[p]["compile"]) for p in passes),
-            "|".join(_fmt_mib(r[p]["memory"]) for p in passes),
-        ]
+        row += _compile_and_memory_cells(r, passes)
         rows.append(row)
     title = f"== T={t} (B={batch} I={size} H={size}): ms = median [min] of {reps} reps"
     lines = [title, *_table(rows, left=2)]

@@ -197,6 +197,33 @@ def scan_with_final(
     inputs: Any,
     hidden: Any,
     *,
+    stack: bool,
+    where: str,
+    check_finite: bool = False,
+    **options: Any,
+) -> tuple[Any, Any]:
+    """The final hidden state and (if `stack`) every step's, stacked; `where` names
+    the public function in error messages. `options`: `length`, `reverse`, `resets`,
+    `unroll`, `checkpoint`, `key` and `mode`, as the public functions take them."""
+    if not isinstance(check_finite, bool):
+        raise TypeError(
+            f"{where}: `check_finite` must be a bool, got {check_finite!r}."
+        )
+    final, hiddens = _scan(
+        cell, inputs, hidden, stack=stack or check_finite, where=where, **options
+    )
+    if check_finite:
+        _raise_at_first_nonfinite(
+            hiddens, jnp.asarray(inputs), options["reverse"], where
+        )
+    return final, (hiddens if stack else None)
+
+
+def _scan(
+    cell: Callable[..., Any],
+    inputs: Any,
+    hidden: Any,
+    *,
     length: Any,
     reverse: bool,
     resets: Any,
@@ -206,31 +233,7 @@ def scan_with_final(
     stack: bool,
     where: str,
     mode: str = "auto",
-    check_finite: bool = False,
 ) -> tuple[Any, Any]:
-    """The final hidden state and (if `stack`) every step's, stacked; `where` names
-    the public function in error messages."""
-    if not isinstance(check_finite, bool):
-        raise TypeError(
-            f"{where}: `check_finite` must be a bool, got {check_finite!r}."
-        )
-    if check_finite:
-        final, hiddens = scan_with_final(
-            cell,
-            inputs,
-            hidden,
-            length=length,
-            reverse=reverse,
-            resets=resets,
-            unroll=unroll,
-            checkpoint=checkpoint,
-            key=key,
-            stack=True,
-            where=where,
-            mode=mode,
-        )
-        _raise_at_first_nonfinite(hiddens, jnp.asarray(inputs), reverse, where)
-        return final, (hiddens if stack else None)
     if not callable(cell):
         raise TypeError(f"{where}: `cell` must be callable, got {type(cell).__name__}.")
     if not isinstance(reverse, bool):
@@ -367,7 +370,7 @@ def _half_precision_scan(
         lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x,
         (cell, inputs, hidden),
     )
-    final, hiddens = scan_with_final(*wide, **options)
+    final, hiddens = _scan(*wide, **options)
     return jax.tree.map(lambda x: x.astype(dtype), (final, hiddens))
 
 
