@@ -234,6 +234,8 @@ def _scan(
     where: str,
     mode: str = "auto",
 ) -> tuple[Any, Any]:
+    """`scan_with_final` without `check_finite`: check the arguments, then run the
+    cell's path (half precision, step by step, or the linear engine)."""
     if not callable(cell):
         raise TypeError(f"{where}: `cell` must be callable, got {type(cell).__name__}.")
     if not isinstance(reverse, bool):
@@ -355,7 +357,7 @@ def _is_half(dtype: Any) -> bool:
 def _half_precision_scan(
     cell: AbstractCell, inputs: Array, hidden: Any, **options: Any
 ) -> tuple[Any, Any]:
-    """`scan_with_final` for a bfloat16/float16 cell, computed in float32.
+    """`_scan` for a bfloat16/float16 cell, computed in float32.
 
     The parameters, inputs and starting state are widened to float32, every step and
     the carried state are float32, and the final and stacked states are rounded back
