@@ -7,7 +7,6 @@ linear, the engine in `_linear_scan.py`).
 
 import functools
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -234,8 +233,8 @@ def _scan(
     where: str,
     mode: str = "auto",
 ) -> tuple[Any, Any]:
-    """`scan_with_final` without `check_finite`: check the arguments, then run the
-    cell's path (half precision, step by step, or the linear engine)."""
+    """`scan_with_final` without `check_finite`: check the arguments once, then
+    `_run` (in float32 for a half-precision cell)."""
     if not callable(cell):
         raise TypeError(f"{where}: `cell` must be callable, got {type(cell).__name__}.")
     if not isinstance(reverse, bool):
@@ -255,43 +254,58 @@ def _scan(
         # there reaches neither the state nor (through `where`) any gradient.
         inputs = jnp.where(valid[:, None], inputs, jnp.zeros((), inputs.dtype))
 
+    options: dict[str, Any] = dict(
+        valid=valid,
+        resets=resets,
+        length=length,
+        chunk=chunk,
+        key=key,
+        reverse=reverse,
+        unroll=unroll,
+        stack=stack,
+        mode=mode,
+    )
     if isinstance(cell, AbstractCell):
         check_same_dtype("inputs", inputs, cell.dtype, where)
         check_same_dtype("hidden", hidden, cell.dtype, where)
         if _is_half(cell.dtype):
-            # Half precision: every step computes, and the scan carries the state,
-            # in float32; the results are rounded back to the cell's dtype at the
-            # end (see `_half_precision_scan`).
-            return _half_precision_scan(
-                cell,
-                inputs,
-                hidden,
-                length=length,
-                reverse=reverse,
-                resets=resets,
-                unroll=unroll,
-                checkpoint=checkpoint,
-                key=key,
-                stack=stack,
-                where=where,
-                mode=mode,
-            )
-        if isinstance(cell, AbstractLinearCell) or _hoist_projection():
-            # The input projection of every step in one matmul (a linear cell's
-            # engine needs every step's coefficients at once anyway).
+            return _half_precision_run(cell, inputs, hidden, reset_state, options)
+    return _run(cell, inputs, hidden, reset_state, **options)
+
+
+def _run(
+    cell: Callable[..., Any],
+    inputs: Array,
+    hidden: Any,
+    reset_state: Any,
+    *,
+    valid: Array | None,
+    resets: Array | None,
+    length: Array | None,
+    chunk: int | None,
+    key: PRNGKeyArray | None,
+    reverse: bool,
+    unroll: int | bool,
+    stack: bool,
+    mode: str,
+) -> tuple[Any, Any]:
+    """The scan itself, on checked arguments (`inputs` already zero at padding)."""
+    num_steps = inputs.shape[0]
+    xs = inputs
+    if isinstance(cell, AbstractCell):
+        # Whether the input projection of every step is made in one matmul before
+        # the loop: for a linear cell, whose engine needs every step's coefficients
+        # at once, unless checkpointed (each chunk then projects its own inputs);
+        # for the others, off the CPU (see `_hoist_projection`).
+        linear = isinstance(cell, AbstractLinearCell)
+        hoisted = chunk is None if linear else _hoist_projection()
+        if hoisted:
             xs = cell.project_inputs(inputs)
 
-            def call(x: Array, h: Any, k: Any) -> Any:
-                del k
-                return cell.step(x, h)
-        else:
-            xs = inputs
-
-            def call(x: Array, h: Any, k: Any) -> Any:
-                del k
-                return cell.step(cell.project_inputs(x), h)
+        def call(x: Array, h: Any, k: Any) -> Any:
+            del k
+            return cell.step(x if hoisted else cell.project_inputs(x), h)
     else:
-        xs = inputs
 
         def call(x: Array, h: Any, k: Any) -> Any:
             return cell(x, h, key=k)
@@ -348,10 +362,9 @@ def _scan(
     if chunk is None:
         final, states = run_linear(start, seq_in)
     else:
-        seq_in = (inputs, valid, resets, keys)
         final, states = _checkpointed(run_linear, start, seq_in, chunk, reverse)
     return _linear_hiddens(
-        cell, seq_in[0], in_chunks, hidden, final, states, length, valid, reverse
+        cell, xs, in_chunks, hidden, final, states, length, valid, reverse
     )
 
 
@@ -359,14 +372,18 @@ def _is_half(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
 
 
-def _half_precision_scan(
-    cell: AbstractCell, inputs: Array, hidden: Any, **options: Any
+def _half_precision_run(
+    cell: AbstractCell,
+    inputs: Array,
+    hidden: Any,
+    reset_state: Any,
+    options: dict[str, Any],
 ) -> tuple[Any, Any]:
-    """`_scan` for a bfloat16/float16 cell, computed in float32.
+    """`_run` for a bfloat16/float16 cell, computed in float32.
 
-    The parameters, inputs and starting state are widened to float32, every step and
-    the carried state are float32, and the final and stacked states are rounded back
-    to the cell's dtype once. Rounding the state to 8 (bfloat16) or 11 (float16)
+    The parameters, inputs and states are widened to float32, every step and the
+    carried state are float32, and the final and stacked states are rounded back to
+    the cell's dtype once. Rounding the state to 8 (bfloat16) or 11 (float16)
     significant bits at every step would lose what each step adds whenever it is
     small next to the state, e.g. an LSTM's cell state `c` or a linear cell's state
     with a forget rate near 1, and the error would grow with the sequence length.
@@ -375,9 +392,9 @@ def _half_precision_scan(
     dtype = cell.dtype
     wide = jax.tree.map(
         lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x,
-        (cell, inputs, hidden),
+        (cell, inputs, hidden, reset_state),
     )
-    final, hiddens = _scan(*wide, **options)
+    final, hiddens = _run(*wide, **options)
     return jax.tree.map(lambda x: x.astype(dtype), (final, hiddens))
 
 
@@ -420,7 +437,6 @@ def _report_nonfinite(bad: Any, input_ok: Any, *, reverse: bool, where: str) -> 
             f"{where}: check_finite=True: the hidden state first becomes NaN or inf "
             f"at step {step}{which}, counting steps as indices of `inputs`; {cause}."
         )
-        print(message, file=sys.stderr)
         raise FloatingPointError(message)
 
 
