@@ -149,6 +149,47 @@ def make_initial_hidden(
     return arrays[0] if len(arrays) == 1 else arrays  # pyright: ignore[reportReturnType]
 
 
+def init_input_gates(
+    cell: AbstractCell,
+    *,
+    input_size: int,
+    hidden_size: int,
+    num_gates: int,
+    use_bias: bool,
+    kernel_init: Callable[..., Array],
+    bias_init: Callable[..., Array],
+    carry_init: Callable[..., Array] | None,
+    dtype: Any,
+    keys: tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray],
+    **settings: Any,
+) -> Any:
+    """For the `__init__` of a cell whose gates read `weight_ih @ x + bias`: check
+    the sizes and `use_bias`, then set `input_size`, `hidden_size`, `use_bias`, the
+    `settings`, `weight_ih` (`num_gates` blocks), `bias` and `initial_hidden`, drawn
+    with `keys = (weight key, bias key, carry key)`. Returns the resolved dtype."""
+    name = type(cell).__name__
+    input_size = check_size("input_size", input_size)
+    hidden_size = check_size("hidden_size", hidden_size)
+    if not isinstance(use_bias, bool):
+        raise TypeError(f"{name}: `use_bias` must be a bool, got {use_bias!r}.")
+    dtype = resolve_dtype(dtype)
+    wkey, bkey, ckey = keys
+    cell.input_size = input_size
+    cell.hidden_size = hidden_size
+    cell.use_bias = use_bias  # pyright: ignore[reportAttributeAccessIssue]
+    for setting, value in settings.items():
+        setattr(cell, setting, value)
+    cell.weight_ih = gate_kernels(  # pyright: ignore[reportAttributeAccessIssue]
+        kernel_init, wkey, input_size, hidden_size, num_gates, dtype
+    )
+    size = num_gates * hidden_size
+    cell.bias = make_bias(bias_init, bkey, size, dtype) if use_bias else None  # pyright: ignore[reportAttributeAccessIssue]
+    cell.initial_hidden = make_initial_hidden(
+        carry_init, ckey, cell.hidden_shapes(), dtype
+    )
+    return dtype
+
+
 default_kernel_init = jax.nn.initializers.lecun_normal()
 default_recurrent_kernel_init = jax.nn.initializers.orthogonal()
 default_bias_init = jax.nn.initializers.zeros
@@ -181,33 +222,27 @@ class StackedGatesCell(AbstractCell):
         **settings: Any,
     ) -> None:
         """Check the sizes, draw the weights and set every field; for `__init__`."""
-        name = type(self).__name__
-        input_size = check_size("input_size", input_size)
-        hidden_size = check_size("hidden_size", hidden_size)
-        if not isinstance(use_bias, bool):
-            raise TypeError(f"{name}: `use_bias` must be a bool, got {use_bias!r}.")
-        dtype = resolve_dtype(dtype)
         ikey, hkey, bkey, ckey = jr.split(key, 4)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.use_bias = use_bias
-        for setting, value in settings.items():
-            setattr(self, setting, value)
-        self.weight_ih = gate_kernels(
-            kernel_init, ikey, input_size, hidden_size, num_gates, dtype
+        dtype = init_input_gates(
+            self,
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_gates=num_gates,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            carry_init=carry_init,
+            dtype=dtype,
+            keys=(ikey, bkey, ckey),
+            **settings,
         )
         self.weight_hh = gate_kernels(
             recurrent_kernel_init,
             hkey,
-            hidden_size if recurrent_size is None else recurrent_size,
-            hidden_size,
+            self.hidden_size if recurrent_size is None else recurrent_size,
+            self.hidden_size,
             num_gates,
             dtype,
-        )
-        size = num_gates * hidden_size
-        self.bias = make_bias(bias_init, bkey, size, dtype) if use_bias else None
-        self.initial_hidden = make_initial_hidden(
-            carry_init, ckey, self.hidden_shapes(), dtype
         )
 
     def project_inputs(

@@ -15,10 +15,11 @@ from ._cell import (
     affine,
     default_bias_init,
     default_kernel_init,
+    init_input_gates,
     make_initial_hidden,
 )
 from ._linear_cell import AbstractLinearCell
-from ._misc import check_size, gate_kernels, make_bias, resolve_dtype
+from ._misc import check_size, gate_kernels, resolve_dtype
 
 
 # `(y, x)`: the output and the complex state as `[Re x; Im x]`.
@@ -327,8 +328,6 @@ class RGLRU(AbstractLinearCell):
                 f"hidden_size={hidden_size}. Map the input to `hidden_size` first "
                 "(e.g. with `equinox.nn.Linear`), as Griffin does."
             )
-        if not isinstance(use_bias, bool):
-            raise TypeError(f"RGLRU: `use_bias` must be a bool, got {use_bias!r}.")
         c = _check_number("c", c, "RGLRU")
         if not c > 0:
             raise ValueError(f"RGLRU: `c` must be positive, got {c}.")
@@ -339,26 +338,25 @@ class RGLRU(AbstractLinearCell):
                 "RGLRU: `min_rad` and `max_rad` must satisfy 0 < min_rad < max_rad < "
                 f"1, got min_rad={min_rad}, max_rad={max_rad}."
             )
-        dtype = resolve_dtype(dtype)
         wkey, bkey, akey, ckey = jr.split(key, 4)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.use_bias = use_bias
-        self.c = c
-        self.weight_ih = gate_kernels(
-            kernel_init, wkey, input_size, hidden_size, 2, dtype
-        )
-        self.bias = (
-            make_bias(bias_init, bkey, 2 * hidden_size, dtype) if use_bias else None
+        dtype = init_input_gates(
+            self,
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_gates=2,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            carry_init=carry_init,
+            dtype=dtype,
+            keys=(wkey, bkey, ckey),
+            c=c,
         )
         unif = jr.uniform(
             akey, (hidden_size,), _compute_dtype(dtype), min_rad**2, max_rad**2
         )
         radius = jnp.sqrt(unif)
         self.a_logit = (jnp.log(radius) - jnp.log1p(-radius)).astype(dtype)
-        self.initial_hidden = make_initial_hidden(  # pyright: ignore[reportAttributeAccessIssue]
-            carry_init, ckey, self.hidden_shapes(), dtype
-        )
 
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]

@@ -13,10 +13,9 @@ from ._cell import (
     affine,
     default_bias_init,
     default_kernel_init,
-    make_initial_hidden,
+    init_input_gates,
 )
 from ._linear_cell import AbstractLinearCell
-from ._misc import check_size, gate_kernels, make_bias, resolve_dtype
 
 
 def positive_g(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -25,13 +24,7 @@ def positive_g(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     return jnp.where(x >= 0, x + 0.5, jax.nn.sigmoid(x))
 
 
-def _check_common(
-    name: str, input_size: Any, hidden_size: Any, use_bias: Any, activation_fn: Any
-) -> None:
-    check_size("input_size", input_size)
-    check_size("hidden_size", hidden_size)
-    if not isinstance(use_bias, bool):
-        raise TypeError(f"{name}: `use_bias` must be a bool, got {use_bias!r}.")
+def _check_activation(name: str, activation_fn: Any) -> None:
     if not callable(activation_fn):
         raise TypeError(
             f"{name}: `activation_fn` must be callable, got {activation_fn!r}."
@@ -118,21 +111,19 @@ class MinGRU(_MinCell):
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
-        _check_common("MinGRU", input_size, hidden_size, use_bias, activation_fn)
-        dtype = resolve_dtype(dtype)
-        wkey, bkey, ckey = jr.split(key, 3)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.use_bias = use_bias
-        self.activation_fn = activation_fn
-        self.weight_ih = gate_kernels(
-            kernel_init, wkey, input_size, hidden_size, 2, dtype
-        )
-        self.bias = (
-            make_bias(bias_init, bkey, 2 * hidden_size, dtype) if use_bias else None
-        )
-        self.initial_hidden = make_initial_hidden(  # pyright: ignore[reportAttributeAccessIssue]
-            carry_init, ckey, self.hidden_shapes(), dtype
+        _check_activation("MinGRU", activation_fn)
+        init_input_gates(
+            self,
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_gates=2,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            carry_init=carry_init,
+            dtype=dtype,
+            keys=tuple(jr.split(key, 3)),
+            activation_fn=activation_fn,
         )
 
     def linear_coefficients(
@@ -219,7 +210,7 @@ class MinLSTM(_MinCell):
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
-        _check_common("MinLSTM", input_size, hidden_size, use_bias, activation_fn)
+        _check_activation("MinLSTM", activation_fn)
         if not isinstance(forget_bias, int | float) or isinstance(forget_bias, bool):
             raise TypeError(
                 f"MinLSTM: `forget_bias` must be a float, got {forget_bias!r}."
@@ -229,22 +220,21 @@ class MinLSTM(_MinCell):
                 f"MinLSTM: `forget_bias={forget_bias}` needs `use_bias=True`; it is "
                 "stored in the bias."
             )
-        dtype = resolve_dtype(dtype)
-        wkey, bkey, ckey = jr.split(key, 3)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.use_bias = use_bias
-        self.activation_fn = activation_fn
-        self.weight_ih = gate_kernels(
-            kernel_init, wkey, input_size, hidden_size, 3, dtype
+        init_input_gates(
+            self,
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_gates=3,
+            use_bias=use_bias,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            carry_init=carry_init,
+            dtype=dtype,
+            keys=tuple(jr.split(key, 3)),
+            activation_fn=activation_fn,
         )
-        bias = make_bias(bias_init, bkey, 3 * hidden_size, dtype) if use_bias else None
-        if bias is not None and forget_bias != 0:
-            bias = bias.at[:hidden_size].add(forget_bias)
-        self.bias = bias
-        self.initial_hidden = make_initial_hidden(  # pyright: ignore[reportAttributeAccessIssue]
-            carry_init, ckey, self.hidden_shapes(), dtype
-        )
+        if self.bias is not None and forget_bias != 0:
+            self.bias = self.bias.at[: self.hidden_size].add(forget_bias)
 
     def linear_coefficients(
         self, projected: Float[Array, "*time three_hidden"]
