@@ -71,6 +71,13 @@ class AbstractCell(eqx.Module):
         The new hidden state.
         """
 
+    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+        """`(input, hidden) -> hidden`, the same step as `cell(input, hidden)` in a
+        form that runs faster inside a scan (see `eqrnn._fused`), or `None` where
+        this cell has none. The scan helpers call this once, before the time loop,
+        so that the weights it prepares are prepared once."""
+        return None
+
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         """The shape of each array in the hidden state: one `(hidden_size,)` array
         unless a cell says otherwise (LSTM: `(h, c)`)."""

@@ -14,6 +14,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import HiddenArray
+from ._fused import gru_pointwise, matmul
 from ._misc import make_bias
 
 
@@ -106,6 +107,29 @@ class GRUCell(StackedGatesCell):
             if use_bias
             else None
         )
+
+    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+        if self.gate_fn is not jax.nn.sigmoid or self.activation_fn is not jnp.tanh:
+            return None
+        w_ih, w_hh, bias = self.weight_ih, self.weight_hh, self.bias
+        w_ih_t, w_hh_t = w_ih.T, w_hh.T
+        hs = self.hidden_size
+        bias_rec = (
+            None
+            if self.bias_hn is None
+            else jnp.concatenate([jnp.zeros(2 * hs, self.bias_hn.dtype), self.bias_hn])
+        )
+
+        def fused_step(x: Array, hidden: HiddenArray) -> HiddenArray:
+            projected = matmul(x, w_ih_t, w_ih)
+            recurrent = matmul(hidden, w_hh_t, w_hh)
+            if bias is not None:
+                projected = projected + bias
+            if bias_rec is not None:
+                recurrent = recurrent + bias_rec
+            return gru_pointwise(projected, recurrent, hidden)
+
+        return fused_step
 
     def step(
         self, projected: Float[Array, " three_hidden"], hidden: HiddenArray

@@ -14,6 +14,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import LSTMHidden
+from ._fused import lstm_pointwise, matmul
 from ._misc import check_size, gate_kernels
 
 
@@ -160,6 +161,20 @@ class LSTMCell(StackedGatesCell):
         c = f * c + i * cand
         h = o * self.activation_fn(c)
         return (h if self.weight_hr is None else self.weight_hr @ h), c
+
+    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+        default = self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
+        if not default or self.weight_hr is not None:
+            return None
+        w_ih, w_hh, bias = self.weight_ih, self.weight_hh, self.bias
+        w_ih_t, w_hh_t = w_ih.T, w_hh.T
+
+        def fused_step(x: Array, hidden: LSTMHidden) -> LSTMHidden:
+            h, c = hidden
+            gates = matmul(x, w_ih_t, w_ih) + matmul(h, w_hh_t, w_hh)
+            return lstm_pointwise(gates if bias is None else gates + bias, c)
+
+        return fused_step
 
     def output(self, hidden: LSTMHidden) -> Float[Array, " output_size"]:  # pyright: ignore[reportIncompatibleMethodOverride]
         """What the layer above sees: `h` of `(h, c)`.

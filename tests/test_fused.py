@@ -1,0 +1,129 @@
+"""The fused step of `LSTMCell` and `GRUCell` (`eqrnn._fused`) against the generic step.
+
+The scan helpers run a cell's `_fused_step()` when it has one. A cell built with a
+gate function that computes the same sigmoid through another function object has
+none, so it runs the generic `step`: the two must agree, forward, backward (inputs
+and every parameter), in forward mode and to second order, with `length`,
+`reverse`, `resets`, `checkpoint` and `vmap`.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+import eqrnn
+
+from .helpers import assert_tree_allclose, random_params, tolerance
+
+
+def _sigmoid(x: Any) -> Any:
+    """jax.nn.sigmoid under another name: selects the generic step."""
+    return jax.nn.sigmoid(x)
+
+
+def _pair(kind: str, dtype: Any, key: Any, use_bias: bool = True) -> tuple[Any, Any]:
+    """(fused, generic) cells of `kind` with the same random parameters."""
+    cls = {"lstm": eqrnn.LSTMCell, "gru": eqrnn.GRUCell}[kind]
+    make = lambda **kw: random_params(  # noqa: E731
+        cls(3, 4, use_bias=use_bias, dtype=dtype, key=jr.key(0), **kw), key
+    )
+    return make(), make(gate_fn=_sigmoid)
+
+
+def test_which_cells_fuse():
+    key = jr.key(0)
+    assert eqrnn.LSTMCell(2, 3, key=key)._fused_step() is not None
+    assert eqrnn.GRUCell(2, 3, key=key)._fused_step() is not None
+    assert eqrnn.GRUCell(2, 3, use_bias=False, key=key)._fused_step() is not None
+    # Another nonlinearity, a projection, or another cell: the generic step.
+    assert eqrnn.LSTMCell(2, 3, gate_fn=_sigmoid, key=key)._fused_step() is None
+    assert (
+        eqrnn.LSTMCell(2, 3, activation_fn=jax.nn.relu, key=key)._fused_step() is None
+    )
+    assert eqrnn.LSTMCell(2, 3, proj_size=2, key=key)._fused_step() is None
+    assert eqrnn.GRUCell(2, 3, activation_fn=jax.nn.relu, key=key)._fused_step() is None
+    assert eqrnn.MGUCell(2, 3, key=key)._fused_step() is None
+    assert eqrnn.SimpleCell(2, 3, key=key)._fused_step() is None
+
+
+def _loss(cell: Any, xs: Any, lengths: Any, resets: Any) -> Any:
+    """Sum of squares of every hidden state and final state, over both directions,
+    with and without checkpointing, for a vmapped batch of padded sequences."""
+
+    def one(x: Any, length: Any, reset: Any) -> Any:
+        total = jnp.zeros((), x.dtype)
+        for reverse in (False, True):
+            for checkpoint in (False, 3):
+                hs = eqrnn.scan_all_hidden(
+                    cell,
+                    x,
+                    length=length,
+                    resets=reset,
+                    reverse=reverse,
+                    checkpoint=checkpoint,
+                )
+                last = eqrnn.scan_last(cell, x, length=length, reverse=reverse)
+                for leaf in jax.tree.leaves((hs, last)):
+                    total = total + (leaf**2).sum()
+        return total
+
+    return jax.vmap(one)(xs, lengths, resets).sum()
+
+
+_loss_and_grads = eqx.filter_jit(eqx.filter_value_and_grad(_loss))
+_input_grads = eqx.filter_jit(jax.grad(_loss, argnums=1))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_fused_matches_generic(kind, dtype, getkey):
+    fused, generic = _pair(kind, dtype, getkey())
+    xs = jr.normal(getkey(), (3, 7, 3), dtype)
+    lengths = jnp.array([7, 2, 0])
+    resets = jr.bernoulli(getkey(), 0.3, (3, 7))
+    tol = tolerance(dtype)
+    loss, grads = _loss_and_grads(fused, xs, lengths, resets)
+    loss_ref, grads_ref = _loss_and_grads(generic, xs, lengths, resets)
+    assert jnp.isfinite(loss) and loss > 0
+    scale = float(loss_ref)
+    assert_tree_allclose(loss, loss_ref, rtol=tol, atol=tol * scale)
+    # The leaves of the two cells' gradients (their static `gate_fn` differs).
+    assert_tree_allclose(
+        jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array)),
+        jax.tree.leaves(eqx.filter(grads_ref, eqx.is_inexact_array)),
+        rtol=tol,
+        atol=tol * scale,
+    )
+    assert_tree_allclose(
+        _input_grads(fused, xs, lengths, resets),
+        _input_grads(generic, xs, lengths, resets),
+        rtol=tol,
+        atol=tol * scale,
+    )
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_fused_forward_mode_and_second_order(kind, use_bias, getkey):
+    fused, generic = _pair(kind, jnp.float64, getkey(), use_bias=use_bias)
+    x = jr.normal(getkey(), (5, 3), jnp.float64)
+    tangent = jr.normal(getkey(), (5, 3), jnp.float64)
+
+    def last(cell: Any, x: Any) -> Any:
+        return eqrnn.scan_last(cell, x, reverse=True)
+
+    def energy(cell: Any, x: Any) -> Any:
+        return sum((leaf**2).sum() for leaf in jax.tree.leaves(last(cell, x)))
+
+    def hvp(cell: Any) -> Any:
+        return jax.jvp(jax.grad(lambda x: energy(cell, x)), (x,), (tangent,))
+
+    assert_tree_allclose(
+        jax.jvp(lambda x: last(fused, x), (x,), (tangent,)),
+        jax.jvp(lambda x: last(generic, x), (x,), (tangent,)),
+    )
+    assert_tree_allclose(hvp(fused), hvp(generic))
