@@ -166,12 +166,14 @@ class LSTMCell(StackedGatesCell):
         default = self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
         if not default or self.weight_hr is not None:
             return None
-        w_ih, w_hh, bias = self.weight_ih, self.weight_hh, self.bias
-        w_ih_t, w_hh_t = w_ih.T, w_hh.T
+        # One matmul per step for both halves: `[x, h] @ [weight_ih, weight_hh].T`
+        # (measured faster than two at the benchmark sizes).
+        weight = jnp.concatenate([self.weight_ih, self.weight_hh], axis=1)
+        weight_t, bias = weight.T, self.bias
 
         def fused_step(x: Array, hidden: LSTMHidden) -> LSTMHidden:
             h, c = hidden
-            gates = matmul(x, w_ih_t, w_ih) + matmul(h, w_hh_t, w_hh)
+            gates = matmul(jnp.concatenate([x, h], axis=-1), weight_t, weight)
             return lstm_pointwise(gates if bias is None else gates + bias, c)
 
         return fused_step
