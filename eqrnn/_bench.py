@@ -384,18 +384,33 @@ def _with_shared_weights(
     return cell
 
 
+def _generic_sigmoid(x: jax.Array) -> jax.Array:
+    """`jax.nn.sigmoid` as another function object: a cell built with it runs the
+    generic step in the scan helpers, not the fused one (`eqrnn._fused`)."""
+    return jax.nn.sigmoid(x)
+
+
+GENERIC = "eqrnn generic step"
+
+
 def build_eqrnn(
     problem: Problem,
     *,
     unroll: int = 1,
     checkpoint: bool | int = False,
     name: str = "eqrnn",
+    generic: bool = False,
 ) -> Implementation:
+    """eqrnn's cell under `scan_all_hidden`, vmapped over the batch; `generic=True`
+    makes the scan run the cell's generic step instead of its fused one."""
     size = problem.size
     cls = LSTMCell if problem.cell == "lstm" else GRUCell
+    options: dict[str, Any] = {"gate_fn": _generic_sigmoid} if generic else {}
     cell = _with_shared_weights(
         problem,
-        lambda key: cls(size.input_size, size.hidden_size, dtype=jnp.float32, key=key),
+        lambda key: cls(
+            size.input_size, size.hidden_size, dtype=jnp.float32, key=key, **options
+        ),
         "bias_hn",
     )
     params, static = eqx.partition(cell, eqx.is_inexact_array)
@@ -651,7 +666,16 @@ def load_peers(
 def build_implementations(
     problem: Problem, peers: Sequence[str], config: BenchConfig
 ) -> list[Implementation]:
-    impls = [build_eqrnn(problem, unroll=config.unroll, checkpoint=config.checkpoint)]
+    impls = [
+        build_eqrnn(problem, unroll=config.unroll, checkpoint=config.checkpoint),
+        build_eqrnn(
+            problem,
+            unroll=config.unroll,
+            checkpoint=config.checkpoint,
+            name=GENERIC,
+            generic=True,
+        ),
+    ]
     if "torch" in peers:
         impls.append(TorchImplementation(problem))
     if "flax" in peers:
@@ -823,6 +847,15 @@ def format_block(
     if speedups:
         lines.append(
             "eqrnn speedup vs Flax (flax median / eqrnn median): " + "; ".join(speedups)
+        )
+    generic = next((r for r in records if r["implementation"] == GENERIC), None)
+    if generic is not None and generic[passes[0]]["median_ratio_to_eqrnn"] is not None:
+        parts = ", ".join(
+            f"{PASS_LABELS[p]} {generic[p]['median_ratio_to_eqrnn']:.2f}x"
+            for p in passes
+        )
+        lines.append(
+            "eqrnn fused step vs generic step (generic median / eqrnn median): " + parts
         )
     return "\n".join(lines)
 

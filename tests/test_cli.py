@@ -19,8 +19,15 @@ from eqrnn._cli import main
 
 TINY = "8,2,3,4"  # T, B, I, H
 EXPECTED = {
-    "lstm": {"eqrnn", "torch", "flax LSTMCell", "flax OptimizedLSTMCell", "equinox"},
-    "gru": {"eqrnn", "torch", "flax GRUCell", "equinox"},
+    "lstm": {
+        "eqrnn",
+        "eqrnn generic step",
+        "torch",
+        "flax LSTMCell",
+        "flax OptimizedLSTMCell",
+        "equinox",
+    },
+    "gru": {"eqrnn", "eqrnn generic step", "torch", "flax GRUCell", "equinox"},
 }
 
 
@@ -100,6 +107,7 @@ def test_bench_json_and_every_peer_computes_eqrnns_loss(tmp_path, capsys):
         for name in names:
             assert f"\n{name} " in printed, name
     assert printed.count("eqrnn speedup vs Flax") == 2
+    assert printed.count("eqrnn fused step vs generic step") == 2
 
 
 def test_checkpoint_study_reports_time_and_memory_ratios(tmp_path, capsys):
@@ -310,7 +318,11 @@ def test_peer_that_fails_to_import_is_skipped_with_a_note(
     assert f"note: skipping {peer}" in printed
     assert set(report["skipped_peers"]) == {peer}
     assert peer in report["skipped_peers"][peer]  # the ImportError, for the record
-    assert {r["implementation"] for r in report["results"]} == {"eqrnn", "equinox"}
+    assert {r["implementation"] for r in report["results"]} == {
+        "eqrnn",
+        "eqrnn generic step",
+        "equinox",
+    }
     if peer == "torch":
         assert report["machine"]["torch_num_threads"] is None
         assert all(r["fwd"]["median_ratio_to_torch"] is None for r in report["results"])
