@@ -13,6 +13,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import HiddenArray
+from ._fused import matmul
 
 
 class MGUCell(StackedGatesCell):
@@ -95,6 +96,22 @@ class MGUCell(StackedGatesCell):
             gate_fn=gate_fn,
             activation_fn=activation_fn,
         )
+
+    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+        if self.gate_fn is not jax.nn.sigmoid or self.activation_fn is not jnp.tanh:
+            return None
+        hs, w_ih, bias = self.hidden_size, self.weight_ih, self.bias
+        w_f, w_n = self.weight_hh[:hs], self.weight_hh[hs:]
+        w_ih_t, w_f_t, w_n_t = w_ih.T, w_f.T, w_n.T
+
+        def fused_step(x: Array, hidden: HiddenArray) -> HiddenArray:
+            projected = matmul(x, w_ih_t, w_ih)
+            projected = projected if bias is None else projected + bias
+            f = jax.nn.sigmoid(projected[..., :hs] + matmul(hidden, w_f_t, w_f))
+            n = jnp.tanh(projected[..., hs:] + matmul(f * hidden, w_n_t, w_n))
+            return hidden + f * (n - hidden)
+
+        return fused_step
 
     def step(
         self, projected: Float[Array, " two_hidden"], hidden: HiddenArray

@@ -12,6 +12,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import HiddenArray
+from ._fused import matmul
 
 
 class SimpleCell(StackedGatesCell):
@@ -90,6 +91,24 @@ class SimpleCell(StackedGatesCell):
             residual=residual,
             activation_fn=activation_fn,
         )
+
+    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+        if self.activation_fn is not jnp.tanh:
+            return None
+        w_ih, w_hh, bias, residual = (
+            self.weight_ih,
+            self.weight_hh,
+            self.bias,
+            self.residual,
+        )
+        w_ih_t, w_hh_t = w_ih.T, w_hh.T
+
+        def fused_step(x: Array, hidden: HiddenArray) -> HiddenArray:
+            pre = matmul(x, w_ih_t, w_ih) + matmul(hidden, w_hh_t, w_hh)
+            pre = pre if bias is None else pre + bias
+            return jnp.tanh(pre + hidden if residual else pre)
+
+        return fused_step
 
     def step(
         self, projected: Float[Array, " hidden_size"], hidden: HiddenArray

@@ -1,10 +1,11 @@
-"""The fused step of `LSTMCell` and `GRUCell` (`eqrnn._fused`) against the generic step.
+"""The fused step of the built-in cells (`eqrnn._fused`) against the generic step.
 
 The scan helpers run a cell's `_fused_step()` when it has one. A cell built with a
-gate function that computes the same sigmoid through another function object has
-none, so it runs the generic `step`: the two must agree, forward, backward (inputs
-and every parameter), in forward mode and to second order, with `length`,
-`reverse`, `resets`, `checkpoint` and `vmap`.
+gate function (or for `SimpleCell` an activation) that computes the same sigmoid
+(tanh) through another function object has none, so it runs the generic `step`.
+The two must agree, forward, backward (inputs and every parameter), in forward
+mode and to second order, with `length`, `reverse`, `resets`, `checkpoint` and
+`vmap`.
 """
 
 from typing import Any
@@ -25,29 +26,54 @@ def _sigmoid(x: Any) -> Any:
     return jax.nn.sigmoid(x)
 
 
+def _tanh(x: Any) -> Any:
+    """jnp.tanh under another name: selects the generic step of `SimpleCell`."""
+    return jnp.tanh(x)
+
+
+CELLS = {
+    "lstm": (eqrnn.LSTMCell, {"gate_fn": _sigmoid}),
+    "gru": (eqrnn.GRUCell, {"gate_fn": _sigmoid}),
+    "mgu": (eqrnn.MGUCell, {"gate_fn": _sigmoid}),
+    "simple": (eqrnn.SimpleCell, {"activation_fn": _tanh}),
+    "simple-residual": (eqrnn.SimpleCell, {"activation_fn": _tanh}),
+}
+
+
 def _pair(kind: str, dtype: Any, key: Any, use_bias: bool = True) -> tuple[Any, Any]:
     """(fused, generic) cells of `kind` with the same random parameters."""
-    cls = {"lstm": eqrnn.LSTMCell, "gru": eqrnn.GRUCell}[kind]
-    make = lambda **kw: random_params(  # noqa: E731
-        cls(3, 4, use_bias=use_bias, dtype=dtype, key=jr.key(0), **kw), key
-    )
-    return make(), make(gate_fn=_sigmoid)
+    cls, generic = CELLS[kind]
+    options: dict[str, Any] = {"use_bias": use_bias, "dtype": dtype, "key": jr.key(0)}
+    if kind == "simple-residual":
+        options["residual"] = True
+    make = lambda **kw: random_params(cls(3, 3, **options, **kw), key)  # noqa: E731
+    return make(), make(**generic)
 
 
 def test_which_cells_fuse():
     key = jr.key(0)
-    assert eqrnn.LSTMCell(2, 3, key=key)._fused_step() is not None
-    assert eqrnn.GRUCell(2, 3, key=key)._fused_step() is not None
-    assert eqrnn.GRUCell(2, 3, use_bias=False, key=key)._fused_step() is not None
-    # Another nonlinearity, a projection, or another cell: the generic step.
-    assert eqrnn.LSTMCell(2, 3, gate_fn=_sigmoid, key=key)._fused_step() is None
-    assert (
-        eqrnn.LSTMCell(2, 3, activation_fn=jax.nn.relu, key=key)._fused_step() is None
-    )
-    assert eqrnn.LSTMCell(2, 3, proj_size=2, key=key)._fused_step() is None
-    assert eqrnn.GRUCell(2, 3, activation_fn=jax.nn.relu, key=key)._fused_step() is None
-    assert eqrnn.MGUCell(2, 3, key=key)._fused_step() is None
-    assert eqrnn.SimpleCell(2, 3, key=key)._fused_step() is None
+    for cell in (
+        eqrnn.LSTMCell(2, 3, key=key),
+        eqrnn.GRUCell(2, 3, key=key),
+        eqrnn.GRUCell(2, 3, use_bias=False, key=key),
+        eqrnn.MGUCell(2, 3, key=key),
+        eqrnn.SimpleCell(2, 3, key=key),
+        eqrnn.SimpleCell(2, 3, residual=True, key=key),
+    ):
+        assert cell._fused_step() is not None, cell
+    # Another nonlinearity, a projection, or a linear cell (which has its own
+    # engine): the generic step.
+    for cell in (
+        eqrnn.LSTMCell(2, 3, gate_fn=_sigmoid, key=key),
+        eqrnn.LSTMCell(2, 3, activation_fn=jax.nn.relu, key=key),
+        eqrnn.LSTMCell(2, 3, proj_size=2, key=key),
+        eqrnn.GRUCell(2, 3, activation_fn=jax.nn.relu, key=key),
+        eqrnn.MGUCell(2, 3, gate_fn=_sigmoid, key=key),
+        eqrnn.SimpleCell(2, 3, activation_fn=_tanh, key=key),
+        eqrnn.SimpleCell(2, 3, activation_fn=jax.nn.relu, key=key),
+        eqrnn.MinGRU(2, 3, key=key),
+    ):
+        assert cell._fused_step() is None, cell
 
 
 def _loss(cell: Any, xs: Any, lengths: Any, resets: Any) -> Any:
@@ -78,7 +104,7 @@ _loss_and_grads = eqx.filter_jit(eqx.filter_value_and_grad(_loss))
 _input_grads = eqx.filter_jit(jax.grad(_loss, argnums=1))
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", list(CELLS))
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
 def test_fused_matches_generic(kind, dtype, getkey):
     fused, generic = _pair(kind, dtype, getkey())
@@ -106,7 +132,7 @@ def test_fused_matches_generic(kind, dtype, getkey):
     )
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", list(CELLS))
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_fused_forward_mode_and_second_order(kind, use_bias, getkey):
     fused, generic = _pair(kind, jnp.float64, getkey(), use_bias=use_bias)
