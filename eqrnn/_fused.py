@@ -1,10 +1,11 @@
-"""The fused step of `LSTMCell` and `GRUCell` in the scan helpers (a private fast path).
+"""The fused step of the built-in cells in the scan helpers (a private fast path).
 
-`scan_last` and `scan_all_hidden` run the step returned by a cell's `fused_step()`
-when it has one (the built-in LSTM and GRU with their default nonlinearities, on the
-CPU, where the input projection is made inside each step). It computes what `step`
-computes, in a form that XLA's CPU backend runs faster, forward and backward; each
-choice was measured with `eqrnn bench` and its profile (BENCHMARKS.md):
+`scan_last` and `scan_all_hidden` run the step returned by a cell's `_fused_step()`
+when it has one: `SimpleCell`, `GRUCell`, `LSTMCell` (without `proj_size`) and
+`MGUCell` with their default nonlinearities, where the input projection is made
+inside each step (on the CPU). It computes what `step` computes, in a form that XLA's
+CPU backend runs faster, forward and backward; each choice was measured with
+`eqrnn bench`, `benchmarks/fused_vs_generic.py` and XLA's profile (BENCHMARKS.md):
 
 - Matmuls whose weight operand is laid out for the product: `x @ w_t` with
   `w_t = weight.T` materialised once before the loop, and a tangent rule whose
@@ -12,15 +13,15 @@ choice was measured with `eqrnn bench` and its profile (BENCHMARKS.md):
   `weight @ x` runs both products per step against a transposed operand, which
   was the slowest part of the backward pass (XLA does not transpose the
   loop-invariant weight once outside the loop).
-- All gates through one `tanh`: `sigmoid(x) = 0.5 * tanh(0.5 * x) + 0.5`, so the
-  gate activations of a step are one elementwise pass over the stacked
-  pre-activations, not one pass per gate slice.
-- A hand-written tangent rule (`jax.custom_jvp`) for the elementwise part of the
-  step, arranged so that JAX's partial evaluation saves few arrays for the
-  backward pass (LSTM: 6 of size `hidden_size` per step, against 13 for autodiff
-  of `step`) and so that its transpose is a few multiplies with no slicing and
-  padding. Forward-mode (`jax.jvp`), reverse mode, `vmap` and higher derivatives
-  all go through it.
+- (LSTM and GRU) All gates through one `tanh`: `sigmoid(x) = 0.5 * tanh(0.5 * x) +
+  0.5`, so the gate activations of a step are one elementwise pass over the
+  stacked pre-activations, not one pass per gate slice.
+- (LSTM and GRU) A hand-written tangent rule (`jax.custom_jvp`) for the
+  elementwise part of the step, arranged so that JAX's partial evaluation saves
+  few arrays for the backward pass (LSTM: 6 of size `hidden_size` per step,
+  against 13 for autodiff of `step`) and so that its transpose is a few
+  multiplies with no slicing and padding. Forward-mode (`jax.jvp`), reverse mode,
+  `vmap` and higher derivatives all go through it.
 """
 
 from typing import Any
