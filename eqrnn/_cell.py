@@ -78,6 +78,12 @@ class AbstractCell(eqx.Module):
         so that the weights it prepares are prepared once."""
         return None
 
+    def _steps_as(self, cls: type) -> bool:
+        """Whether this cell computes its step as `cls` does: a subclass that
+        overrides `step` or `project_inputs` must not run `cls`'s fused step."""
+        kind = type(self)
+        return kind.step is cls.step and kind.project_inputs is cls.project_inputs
+
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         """The shape of each array in the hidden state: one `(hidden_size,)` array
         unless a cell says otherwise (LSTM: `(h, c)`)."""

@@ -109,7 +109,8 @@ class GRUCell(StackedGatesCell):
         )
 
     def _fused_step(self) -> Callable[[Array, Any], Any] | None:
-        if self.gate_fn is not jax.nn.sigmoid or self.activation_fn is not jnp.tanh:
+        default = self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
+        if not default or not self._steps_as(GRUCell):
             return None
         w_ih, w_hh, bias = self.weight_ih, self.weight_hh, self.bias
         w_ih_t, w_hh_t = w_ih.T, w_hh.T

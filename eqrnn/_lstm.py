@@ -164,7 +164,7 @@ class LSTMCell(StackedGatesCell):
 
     def _fused_step(self) -> Callable[[Array, Any], Any] | None:
         default = self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
-        if not default or self.weight_hr is not None:
+        if not default or self.weight_hr is not None or not self._steps_as(LSTMCell):
             return None
         # One matmul per step for both halves: `[x, h] @ [weight_ih, weight_hh].T`
         # (measured faster than two at the benchmark sizes).

@@ -98,7 +98,8 @@ class MGUCell(StackedGatesCell):
         )
 
     def _fused_step(self) -> Callable[[Array, Any], Any] | None:
-        if self.gate_fn is not jax.nn.sigmoid or self.activation_fn is not jnp.tanh:
+        default = self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
+        if not default or not self._steps_as(MGUCell):
             return None
         hs, w_ih, bias = self.hidden_size, self.weight_ih, self.bias
         w_f, w_n = self.weight_hh[:hs], self.weight_hh[hs:]

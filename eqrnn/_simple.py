@@ -93,7 +93,7 @@ class SimpleCell(StackedGatesCell):
         )
 
     def _fused_step(self) -> Callable[[Array, Any], Any] | None:
-        if self.activation_fn is not jnp.tanh:
+        if self.activation_fn is not jnp.tanh or not self._steps_as(SimpleCell):
             return None
         w_ih, w_hh, bias, residual = (
             self.weight_ih,

@@ -72,8 +72,30 @@ def test_which_cells_fuse():
         eqrnn.SimpleCell(2, 3, activation_fn=_tanh, key=key),
         eqrnn.SimpleCell(2, 3, activation_fn=jax.nn.relu, key=key),
         eqrnn.MinGRU(2, 3, key=key),
+        _OwnStep(2, 3, key=key),
     ):
         assert cell._fused_step() is None, cell
+
+
+class _OwnStep(eqrnn.LSTMCell):
+    """A subclass with its own step: the scan must run it, not the fused LSTM step."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+
+    def step(self, projected: Any, hidden: Any) -> Any:
+        h, c = super().step(projected, hidden)
+        return 2 * h, c
+
+
+def test_subclass_with_its_own_step_runs_it():
+    cell = _OwnStep(2, 3, key=jr.key(0))
+    x = jr.normal(jr.key(1), (4, 2))
+    h, c = eqrnn.scan_last(cell, x)
+    expected = cell.init_hidden()
+    for x_t in x:
+        expected = cell(x_t, expected)
+    assert_tree_allclose((h, c), expected)
 
 
 def _loss(cell: Any, xs: Any, lengths: Any, resets: Any) -> Any:
@@ -153,3 +175,26 @@ def test_fused_forward_mode_and_second_order(kind, use_bias, getkey):
         jax.jvp(lambda x: last(generic, x), (x,), (tangent,)),
     )
     assert_tree_allclose(hvp(fused), hvp(generic))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_fused_under_vmap_over_cells(kind, getkey):
+    """An ensemble: the weights themselves are batched by `vmap`."""
+    keys = jr.split(getkey(), 2)
+    fused, generic = eqx.filter_vmap(lambda k: _pair(kind, jnp.float64, k))(keys)
+    xs = jr.normal(getkey(), (2, 5, 3), jnp.float64)
+
+    def loss(cells: Any) -> Any:
+        def one(cell: Any, x: Any) -> Any:
+            hiddens = eqrnn.scan_all_hidden(cell, x, length=4, reverse=True)
+            return sum((leaf**2).sum() for leaf in jax.tree.leaves(hiddens))
+
+        return eqx.filter_vmap(one)(cells, xs).sum()
+
+    value, grads = eqx.filter_value_and_grad(loss)(fused)
+    value_ref, grads_ref = eqx.filter_value_and_grad(loss)(generic)
+    assert_tree_allclose(value, value_ref)
+    assert_tree_allclose(
+        jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array)),
+        jax.tree.leaves(eqx.filter(grads_ref, eqx.is_inexact_array)),
+    )
