@@ -78,11 +78,18 @@ class AbstractCell(eqx.Module):
         so that the weights it prepares are prepared once."""
         return None
 
-    def _steps_as(self, cls: type) -> bool:
-        """Whether this cell computes its step as `cls` does: a subclass that
-        overrides `step` or `project_inputs` must not run `cls`'s fused step."""
+    def _can_fuse(self, cls: type) -> bool:
+        """Whether `cls`'s fused step computes this cell's step: its nonlinearities
+        are the defaults (`gate_fn` sigmoid, `activation_fn` tanh, where it has
+        them), and it is `cls` or a subclass that overrides neither `step` nor
+        `project_inputs`."""
         kind = type(self)
-        return kind.step is cls.step and kind.project_inputs is cls.project_inputs
+        return (
+            getattr(self, "gate_fn", jax.nn.sigmoid) is jax.nn.sigmoid
+            and getattr(self, "activation_fn", jnp.tanh) is jnp.tanh
+            and kind.step is cls.step
+            and kind.project_inputs is cls.project_inputs
+        )
 
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         """The shape of each array in the hidden state: one `(hidden_size,)` array

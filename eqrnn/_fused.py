@@ -24,6 +24,7 @@ CPU backend runs faster, forward and backward; each choice was measured with
   `vmap` and higher derivatives all go through it.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -63,6 +64,20 @@ def _matmul_jvp(primals: Any, tangents: Any) -> Any:
 
 
 matmul.defjvp(_matmul_jvp, symbolic_zeros=True)
+
+
+def laid_out(
+    weight: Float[Array, "n k"], bias: Float[Array, " n"] | None = None
+) -> Callable[[Array], Array]:
+    """`x -> x @ weight.T + bias` through `matmul`, with `weight.T` made here, once,
+    outside the time loop."""
+    weight_t = weight.T
+
+    def apply(x: Float[Array, "*batch k"]) -> Float[Array, "*batch n"]:
+        out = matmul(x, weight_t, weight)
+        return out if bias is None else out + bias
+
+    return apply
 
 
 def _lstm_scale(hidden_size: int, dtype: Any) -> tuple[Array, Array]:

@@ -14,7 +14,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import HiddenArray
-from ._fused import gru_pointwise, matmul
+from ._fused import gru_pointwise, laid_out
 from ._misc import make_bias
 
 
@@ -109,26 +109,19 @@ class GRUCell(StackedGatesCell):
         )
 
     def _fused_step(self) -> Callable[[Array, Any], Any] | None:
-        default = self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
-        if not default or not self._steps_as(GRUCell):
+        if not self._can_fuse(GRUCell):
             return None
-        w_ih, w_hh, bias = self.weight_ih, self.weight_hh, self.bias
-        w_ih_t, w_hh_t = w_ih.T, w_hh.T
-        hs = self.hidden_size
-        bias_rec = (
+        hs, bias_hn = self.hidden_size, self.bias_hn
+        project = laid_out(self.weight_ih, self.bias)
+        recur = laid_out(
+            self.weight_hh,
             None
-            if self.bias_hn is None
-            else jnp.concatenate([jnp.zeros(2 * hs, self.bias_hn.dtype), self.bias_hn])
+            if bias_hn is None
+            else jnp.concatenate([jnp.zeros(2 * hs, bias_hn.dtype), bias_hn]),
         )
 
         def fused_step(x: Array, hidden: HiddenArray) -> HiddenArray:
-            projected = matmul(x, w_ih_t, w_ih)
-            recurrent = matmul(hidden, w_hh_t, w_hh)
-            if bias is not None:
-                projected = projected + bias
-            if bias_rec is not None:
-                recurrent = recurrent + bias_rec
-            return gru_pointwise(projected, recurrent, hidden)
+            return gru_pointwise(project(x), recur(hidden), hidden)
 
         return fused_step
 

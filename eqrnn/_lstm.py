@@ -14,7 +14,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import LSTMHidden
-from ._fused import lstm_pointwise, matmul
+from ._fused import laid_out, lstm_pointwise
 from ._misc import check_size, gate_kernels
 
 
@@ -163,18 +163,17 @@ class LSTMCell(StackedGatesCell):
         return (h if self.weight_hr is None else self.weight_hr @ h), c
 
     def _fused_step(self) -> Callable[[Array, Any], Any] | None:
-        default = self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
-        if not default or self.weight_hr is not None or not self._steps_as(LSTMCell):
+        if self.weight_hr is not None or not self._can_fuse(LSTMCell):
             return None
         # One matmul per step for both halves: `[x, h] @ [weight_ih, weight_hh].T`
         # (measured faster than two at the benchmark sizes).
-        weight = jnp.concatenate([self.weight_ih, self.weight_hh], axis=1)
-        weight_t, bias = weight.T, self.bias
+        gates = laid_out(
+            jnp.concatenate([self.weight_ih, self.weight_hh], axis=1), self.bias
+        )
 
         def fused_step(x: Array, hidden: LSTMHidden) -> LSTMHidden:
             h, c = hidden
-            gates = matmul(jnp.concatenate([x, h], axis=-1), weight_t, weight)
-            return lstm_pointwise(gates if bias is None else gates + bias, c)
+            return lstm_pointwise(gates(jnp.concatenate([x, h], axis=-1)), c)
 
         return fused_step
 

@@ -13,7 +13,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import HiddenArray
-from ._fused import matmul
+from ._fused import laid_out
 
 
 class MGUCell(StackedGatesCell):
@@ -98,18 +98,16 @@ class MGUCell(StackedGatesCell):
         )
 
     def _fused_step(self) -> Callable[[Array, Any], Any] | None:
-        default = self.gate_fn is jax.nn.sigmoid and self.activation_fn is jnp.tanh
-        if not default or not self._steps_as(MGUCell):
+        if not self._can_fuse(MGUCell):
             return None
-        hs, w_ih, bias = self.hidden_size, self.weight_ih, self.bias
-        w_f, w_n = self.weight_hh[:hs], self.weight_hh[hs:]
-        w_ih_t, w_f_t, w_n_t = w_ih.T, w_f.T, w_n.T
+        hs = self.hidden_size
+        project = laid_out(self.weight_ih, self.bias)
+        recur_f, recur_n = laid_out(self.weight_hh[:hs]), laid_out(self.weight_hh[hs:])
 
         def fused_step(x: Array, hidden: HiddenArray) -> HiddenArray:
-            projected = matmul(x, w_ih_t, w_ih)
-            projected = projected if bias is None else projected + bias
-            f = jax.nn.sigmoid(projected[..., :hs] + matmul(hidden, w_f_t, w_f))
-            n = jnp.tanh(projected[..., hs:] + matmul(f * hidden, w_n_t, w_n))
+            projected = project(x)
+            f = jax.nn.sigmoid(projected[..., :hs] + recur_f(hidden))
+            n = jnp.tanh(projected[..., hs:] + recur_n(f * hidden))
             return hidden + f * (n - hidden)
 
         return fused_step

@@ -301,8 +301,9 @@ def _run(
         hoisted = chunk is None if linear else _hoist_projection()
         if hoisted:
             xs = cell.project_inputs(inputs)
-        # The built-in LSTM and GRU have a faster form of the step (`eqrnn._fused`),
-        # made here, outside the loop; it projects each step's input itself.
+        # The built-in step-by-step cells have a faster form of the step
+        # (`eqrnn._fused`), made here, outside the loop; it projects each step's
+        # input itself.
         fused = None if hoisted or linear else cell._fused_step()
 
         def call(x: Array, h: Any, k: Any) -> Any:

@@ -12,7 +12,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import HiddenArray
-from ._fused import matmul
+from ._fused import laid_out
 
 
 class SimpleCell(StackedGatesCell):
@@ -93,19 +93,13 @@ class SimpleCell(StackedGatesCell):
         )
 
     def _fused_step(self) -> Callable[[Array, Any], Any] | None:
-        if self.activation_fn is not jnp.tanh or not self._steps_as(SimpleCell):
+        if not self._can_fuse(SimpleCell):
             return None
-        w_ih, w_hh, bias, residual = (
-            self.weight_ih,
-            self.weight_hh,
-            self.bias,
-            self.residual,
-        )
-        w_ih_t, w_hh_t = w_ih.T, w_hh.T
+        project, recur = laid_out(self.weight_ih, self.bias), laid_out(self.weight_hh)
+        residual = self.residual
 
         def fused_step(x: Array, hidden: HiddenArray) -> HiddenArray:
-            pre = matmul(x, w_ih_t, w_ih) + matmul(hidden, w_hh_t, w_hh)
-            pre = pre if bias is None else pre + bias
+            pre = project(x) + recur(hidden)
             return jnp.tanh(pre + hidden if residual else pre)
 
         return fused_step
