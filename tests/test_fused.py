@@ -165,11 +165,19 @@ def test_fused_forward_mode_and_second_order(kind, use_bias, getkey):
     def hvp(cell: Any) -> Any:
         return jax.jvp(jax.grad(lambda x: energy(cell, x)), (x,), (tangent,))
 
+    def hvp_params(cell: Any) -> Any:
+        """Hessian-vector product w.r.t. the parameters (ones as the vector)."""
+        params, static = eqx.partition(cell, eqx.is_inexact_array)
+        ones = jax.tree.map(jnp.ones_like, params)
+        grad = jax.grad(lambda p: energy(eqx.combine(p, static), x))
+        return jax.tree.leaves(jax.jvp(grad, (params,), (ones,)))
+
     assert_tree_allclose(
         jax.jvp(lambda x: last(fused, x), (x,), (tangent,)),
         jax.jvp(lambda x: last(generic, x), (x,), (tangent,)),
     )
     assert_tree_allclose(hvp(fused), hvp(generic))
+    assert_tree_allclose(hvp_params(fused), hvp_params(generic))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
