@@ -66,13 +66,13 @@ def main() -> None:
             f.write(call.lower(params, xs).compile().as_text())
     for _ in range(2):
         jax.block_until_ready(call(params, xs))
-    directory = tempfile.mkdtemp()
-    with jax.profiler.trace(directory, create_perfetto_trace=True):
-        for _ in range(args.reps):
-            jax.block_until_ready(call(params, xs))
-    (path,) = glob.glob(f"{directory}/**/*.trace.json.gz", recursive=True)
-    with gzip.open(path) as f:
-        events = json.load(f)["traceEvents"]
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory, create_perfetto_trace=True):
+            for _ in range(args.reps):
+                jax.block_until_ready(call(params, xs))
+        (path,) = glob.glob(f"{directory}/**/*.trace.json.gz", recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
     totals: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
     for event in events:
         name = event.get("name", "")

@@ -1,0 +1,44 @@
+"""The scripts in benchmarks/ that BENCHMARKS.md quotes still run (tiny sizes).
+
+Their figures are not checked here (performance claims live in the benchmarks, not
+in timed tests); only that they run and print what BENCHMARKS.md shows.
+"""
+
+import pathlib
+import runpy
+import subprocess
+import sys
+
+import pytest
+
+
+BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
+
+
+def test_fused_vs_generic_prints_every_cell_and_pass(monkeypatch, capsys):
+    script = BENCHMARKS / "fused_vs_generic.py"
+    argv = [str(script), "--size", "4,2,3,4", "--reps", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    cells = ("SimpleCell", "GRUCell", "LSTMCell", "MGUCell")
+    assert [row[:2] for row in rows] == [
+        [cell, pass_] for cell in cells for pass_ in ("fwd", "fwd+bwd")
+    ]
+    for row in rows:
+        assert row[-2].endswith("x"), row  # the speedup, median then [min]
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_profile_scan_prints_thunks(generic):
+    # In its own process: the profiler is global state.
+    argv = [sys.executable, str(BENCHMARKS / "profile_scan.py"), "--size", "4,2,3,4"]
+    argv += ["--pass", "fwd_bwd", "--reps", "1", "--top", "5"]
+    argv += ["--generic"] if generic else []
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(
+        f"lstm fwd_bwd ({'generic' if generic else 'fused'} step), T=4 B=2 I=3 H=4"
+    )
+    assert len(lines) == 6 and all(" ms " in line for line in lines[1:]), lines
