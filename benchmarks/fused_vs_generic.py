@@ -1,11 +1,11 @@
 """The fused scan step of each built-in cell against its generic step, side by side.
 
 The scan helpers run a cell's fused step (`eqrnn._fused`) when the cell has its
-default nonlinearities. The same cell built with a gate function (for `SimpleCell`,
-an activation) that computes the same sigmoid (tanh) through another function object
-runs the generic `step` instead, so the two are timed on the same weights and inputs,
-round-robin, forward (every hidden state) and forward+backward (gradients of the sum
-of every `h` w.r.t. parameters and inputs), vmapped over the batch:
+default nonlinearities. The same cell built with `generic_step_options` (its default
+nonlinearity as another function object) runs the generic `step` instead, so the
+two are timed on the same weights and inputs, round-robin, forward (every hidden
+state) and forward+backward (gradients of the sum of every `h` w.r.t. parameters
+and inputs), vmapped over the batch:
 
     python benchmarks/fused_vs_generic.py --reps 7
 
@@ -24,22 +24,10 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import eqrnn
+from eqrnn._fused import generic_step_options
 
 
-def _sigmoid(x: Any) -> Any:
-    return jax.nn.sigmoid(x)
-
-
-def _tanh(x: Any) -> Any:
-    return jnp.tanh(x)
-
-
-CELLS = {
-    "SimpleCell": (eqrnn.SimpleCell, {"activation_fn": _tanh}),
-    "GRUCell": (eqrnn.GRUCell, {"gate_fn": _sigmoid}),
-    "LSTMCell": (eqrnn.LSTMCell, {"gate_fn": _sigmoid}),
-    "MGUCell": (eqrnn.MGUCell, {"gate_fn": _sigmoid}),
-}
+CELLS = (eqrnn.SimpleCell, eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MGUCell)
 
 
 def main() -> None:
@@ -50,8 +38,9 @@ def main() -> None:
     steps, batch, input_size, hidden = (int(v) for v in args.size.split(","))
     xs = jr.normal(jr.key(1), (batch, steps, input_size), jnp.float32)
     calls: dict[str, tuple[Any, Any]] = {}
-    for name, (cls, generic) in CELLS.items():
-        for label, options in (("fused", {}), ("generic", generic)):
+    for cls in CELLS:
+        name = cls.__name__
+        for label, options in (("fused", {}), ("generic", generic_step_options(cls))):
             cell = cls(input_size, hidden, dtype=jnp.float32, key=jr.key(0), **options)
             params, static = eqx.partition(cell, eqx.is_inexact_array)
 
@@ -77,7 +66,7 @@ def main() -> None:
         f"{args.reps} reps round-robin"
     )
     print(f"{'cell':<12}{'pass':<9}{'fused ms':>16}{'generic ms':>16}{'speedup':>14}")
-    for name in CELLS:
+    for name in (cls.__name__ for cls in CELLS):
         for pass_ in ("fwd", "fwd+bwd"):
             fused, generic = (
                 times[f"{name} {k} {pass_}"] for k in ("fused", "generic")

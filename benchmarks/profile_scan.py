@@ -29,10 +29,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import eqrnn
-
-
-def _sigmoid(x: Any) -> Any:
-    return jax.nn.sigmoid(x)
+from eqrnn._fused import generic_step_options
 
 
 def main() -> None:
@@ -49,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     steps, batch, input_size, hidden = (int(v) for v in args.size.split(","))
     cls = eqrnn.LSTMCell if args.cell == "lstm" else eqrnn.GRUCell
-    options = {"gate_fn": _sigmoid} if args.generic else {}
+    options = generic_step_options(cls) if args.generic else {}
     cell = cls(input_size, hidden, dtype=jnp.float32, key=jr.key(0), **options)
     params, static = eqx.partition(cell, eqx.is_inexact_array)
     xs = jr.normal(jr.key(1), (batch, steps, input_size), jnp.float32)

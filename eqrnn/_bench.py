@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._fused import generic_step_options
 from ._gru import GRUCell
 from ._linear_scan import Mode
 from ._lru import LRU, RGLRU
@@ -384,12 +385,6 @@ def _with_shared_weights(
     return cell
 
 
-def _generic_sigmoid(x: jax.Array) -> jax.Array:
-    """`jax.nn.sigmoid` as another function object: a cell built with it runs the
-    generic step in the scan helpers, not the fused one (`eqrnn._fused`)."""
-    return jax.nn.sigmoid(x)
-
-
 GENERIC = "eqrnn generic step"
 
 
@@ -405,7 +400,7 @@ def build_eqrnn(
     makes the scan run the cell's generic step instead of its fused one."""
     size = problem.size
     cls = LSTMCell if problem.cell == "lstm" else GRUCell
-    options: dict[str, Any] = {"gate_fn": _generic_sigmoid} if generic else {}
+    options = generic_step_options(cls) if generic else {}
     cell = _with_shared_weights(
         problem,
         lambda key: cls(

@@ -24,6 +24,7 @@ CPU backend runs faster, forward and backward; each choice was measured with
   `vmap` and higher derivatives all go through it.
 """
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +79,25 @@ def laid_out(
         return out if bias is None else out + bias
 
     return apply
+
+
+def _generic_sigmoid(x: Array) -> Array:
+    return jax.nn.sigmoid(x)
+
+
+def _generic_tanh(x: Array) -> Array:
+    return jnp.tanh(x)
+
+
+def generic_step_options(cls: type) -> dict[str, Any]:
+    """Constructor options under which a built-in cell of class `cls` runs its
+    generic step in the scan helpers, with the same numbers: its default
+    nonlinearity as another function object (a cell fuses only when its
+    nonlinearities *are* `jax.nn.sigmoid` and `jnp.tanh`). For the tests and
+    benchmarks that compare the fused step with the generic one."""
+    if "gate_fn" in inspect.signature(cls.__init__).parameters:
+        return {"gate_fn": _generic_sigmoid}
+    return {"activation_fn": _generic_tanh}
 
 
 def _lstm_scale(hidden_size: int, dtype: Any) -> tuple[Array, Array]:

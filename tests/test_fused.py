@@ -1,8 +1,8 @@
 """The fused step of the built-in cells (`eqrnn._fused`) against the generic step.
 
-The scan helpers run a cell's `_fused_step()` when it has one. A cell built with a
-gate function (or for `SimpleCell` an activation) that computes the same sigmoid
-(tanh) through another function object has none, so it runs the generic `step`.
+The scan helpers run a cell's `_fused_step()` when it has one. A cell built with
+`generic_step_options` (its default nonlinearity as another function object) has
+none, so it runs the generic `step`.
 The two must agree, forward, backward (inputs and every parameter), in forward
 mode and to second order, with `length`, `reverse`, `resets`, `checkpoint` and
 `vmap`.
@@ -17,32 +17,24 @@ import jax.random as jr
 import pytest
 
 import eqrnn
+from eqrnn._fused import generic_step_options
 
 from .helpers import assert_tree_allclose, random_params, tolerance
 
 
-def _sigmoid(x: Any) -> Any:
-    """jax.nn.sigmoid under another name: selects the generic step."""
-    return jax.nn.sigmoid(x)
-
-
-def _tanh(x: Any) -> Any:
-    """jnp.tanh under another name: selects the generic step of `SimpleCell`."""
-    return jnp.tanh(x)
-
-
 CELLS = {
-    "lstm": (eqrnn.LSTMCell, {"gate_fn": _sigmoid}),
-    "gru": (eqrnn.GRUCell, {"gate_fn": _sigmoid}),
-    "mgu": (eqrnn.MGUCell, {"gate_fn": _sigmoid}),
-    "simple": (eqrnn.SimpleCell, {"activation_fn": _tanh}),
-    "simple-residual": (eqrnn.SimpleCell, {"activation_fn": _tanh}),
+    "lstm": eqrnn.LSTMCell,
+    "gru": eqrnn.GRUCell,
+    "mgu": eqrnn.MGUCell,
+    "simple": eqrnn.SimpleCell,
+    "simple-residual": eqrnn.SimpleCell,
 }
 
 
 def _pair(kind: str, dtype: Any, key: Any, use_bias: bool = True) -> tuple[Any, Any]:
     """(fused, generic) cells of `kind` with the same random parameters."""
-    cls, generic = CELLS[kind]
+    cls = CELLS[kind]
+    generic = generic_step_options(cls)
     options: dict[str, Any] = {"use_bias": use_bias, "dtype": dtype, "key": jr.key(0)}
     if kind == "simple-residual":
         options["residual"] = True
@@ -64,12 +56,13 @@ def test_which_cells_fuse():
     # Another nonlinearity, a projection, or a linear cell (which has its own
     # engine): the generic step.
     for cell in (
-        eqrnn.LSTMCell(2, 3, gate_fn=_sigmoid, key=key),
+        *(
+            cls(2, 3, **generic_step_options(cls), key=key)
+            for cls in dict.fromkeys(CELLS.values())
+        ),
         eqrnn.LSTMCell(2, 3, activation_fn=jax.nn.relu, key=key),
         eqrnn.LSTMCell(2, 3, proj_size=2, key=key),
         eqrnn.GRUCell(2, 3, activation_fn=jax.nn.relu, key=key),
-        eqrnn.MGUCell(2, 3, gate_fn=_sigmoid, key=key),
-        eqrnn.SimpleCell(2, 3, activation_fn=_tanh, key=key),
         eqrnn.SimpleCell(2, 3, activation_fn=jax.nn.relu, key=key),
         eqrnn.MinGRU(2, 3, key=key),
         _OwnStep(2, 3, key=key),
