@@ -15,7 +15,7 @@ from ._cell import (
 )
 from ._custom_types import LSTMHidden
 from ._fused import laid_out, lstm_pointwise
-from ._misc import check_size, gate_kernels
+from ._misc import check_forget_bias, check_size, gate_kernels
 
 
 class LSTMCell(StackedGatesCell):
@@ -102,15 +102,7 @@ class LSTMCell(StackedGatesCell):
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
-        if not isinstance(forget_bias, int | float) or isinstance(forget_bias, bool):
-            raise TypeError(
-                f"LSTMCell: `forget_bias` must be a float, got {forget_bias!r}."
-            )
-        if forget_bias != 0 and not use_bias:
-            raise ValueError(
-                f"LSTMCell: `forget_bias={forget_bias}` needs `use_bias=True`; it is "
-                "stored in the bias."
-            )
+        check_forget_bias("LSTMCell", forget_bias, use_bias)
         if proj_size is not None:
             proj_size = check_size("proj_size", proj_size)
             if proj_size >= hidden_size:

@@ -16,6 +16,7 @@ from ._cell import (
     init_input_gates,
 )
 from ._linear_cell import AbstractLinearCell
+from ._misc import check_forget_bias
 
 
 def positive_g(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -211,15 +212,7 @@ class MinLSTM(_MinCell):
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
         _check_activation("MinLSTM", activation_fn)
-        if not isinstance(forget_bias, int | float) or isinstance(forget_bias, bool):
-            raise TypeError(
-                f"MinLSTM: `forget_bias` must be a float, got {forget_bias!r}."
-            )
-        if forget_bias != 0 and not use_bias:
-            raise ValueError(
-                f"MinLSTM: `forget_bias={forget_bias}` needs `use_bias=True`; it is "
-                "stored in the bias."
-            )
+        check_forget_bias("MinLSTM", forget_bias, use_bias)
         init_input_gates(
             self,
             input_size=input_size,

@@ -30,6 +30,18 @@ def check_size(name: str, value: Any) -> int:
     return int(value)
 
 
+def check_forget_bias(where: str, forget_bias: Any, use_bias: bool) -> None:
+    """`forget_bias` of an LSTM-like cell: a number, and 0 unless there is a bias to
+    store it in."""
+    if not isinstance(forget_bias, int | float) or isinstance(forget_bias, bool):
+        raise TypeError(f"{where}: `forget_bias` must be a float, got {forget_bias!r}.")
+    if forget_bias != 0 and not use_bias:
+        raise ValueError(
+            f"{where}: `forget_bias={forget_bias}` needs `use_bias=True`; it is "
+            "stored in the bias."
+        )
+
+
 def gate_kernels(
     init: Callable[..., Array],
     key: PRNGKeyArray,

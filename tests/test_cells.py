@@ -210,6 +210,13 @@ def test_forget_bias_without_bias_is_rejected(getkey):
         eqrnn.LSTMCell(3, 4, use_bias=False, forget_bias=1.0, key=getkey())
 
 
+@pytest.mark.parametrize("cls", [eqrnn.LSTMCell, eqrnn.MinLSTM])
+def test_forget_bias_that_is_not_a_number_is_rejected(cls, getkey, no_jaxtyping):
+    match = f"{cls.__name__}: `forget_bias` must be a float, got '1'"
+    with pytest.raises(TypeError, match=match):
+        cls(3, 4, forget_bias="1", key=getkey())  # pyright: ignore[reportArgumentType]
+
+
 @pytest.mark.parametrize("cls", CELLS)
 def test_batched_input_to_a_cell_is_rejected(cls, getkey, no_jaxtyping):
     cell = cls(3, 4, key=getkey())
