@@ -68,11 +68,15 @@ matmul.defjvp(_matmul_jvp, symbolic_zeros=True)
 
 
 def laid_out(
-    weight: Float[Array, "n k"], bias: Float[Array, " n"] | None = None
+    weight: Float[Array, "n k"],
+    bias: Float[Array, " n"] | None = None,
+    *,
+    weight_t: Float[Array, "k n"] | None = None,
 ) -> Callable[[Array], Array]:
     """`x -> x @ weight.T + bias` through `matmul`, with `weight.T` made here, once,
-    outside the time loop."""
-    weight_t = weight.T
+    outside the time loop (or given as `weight_t`)."""
+    if weight_t is None:
+        weight_t = weight.T
 
     def apply(x: Float[Array, "*batch k"]) -> Float[Array, "*batch n"]:
         out = matmul(x, weight_t, weight)
