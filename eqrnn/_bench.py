@@ -19,10 +19,12 @@ The GRU's `b_hn` is zero in the shared weights, because Flax's `GRUCell` has no 
 term; every other weight and bias is drawn at random.
 
 Timing: each JAX function is compiled ahead of time (`jax.jit(f).lower(...).compile()`,
-whose wall time is reported as the compile time) and the compiled executable is what
-is timed. After warm-up calls, every repetition runs every (implementation, pass) once,
-in an order rotated by one each repetition (round-robin), so that noise on a shared
-machine hits all of them alike; the garbage collector runs between repetitions only.
+whose wall time is reported as the compile time, after one untimed compilation of a
+small scan that takes the process's first-compilation cost) and the compiled
+executable is what is timed. After warm-up calls, every repetition runs every
+(implementation, pass) once, in an order rotated by one each repetition (round-robin),
+so that noise on a shared machine hits all of them alike; the garbage collector runs
+between repetitions only.
 Each call ends with `jax.block_until_ready` on its result (PyTorch on CPU is
 synchronous). Times are wall-clock (`time.perf_counter`), reported as the median and
 the minimum over repetitions.
@@ -49,6 +51,7 @@ import abc
 import contextlib
 import dataclasses
 import datetime
+import functools
 import gc
 import importlib
 import json
@@ -124,7 +127,7 @@ PASS_LABELS = {"fwd": "fwd", "fwd_bwd": "fwd+bwd"}
 
 JAX_COMPILE_METHOD = (
     "wall time of jax.jit(f).lower(*args).compile(): tracing, lowering and XLA "
-    "compilation"
+    "compilation, after one untimed compilation of a small scan in the process"
 )
 JAX_MEMORY_METHOD = (
     "XLA buffer plan of the compiled executable (memory_analysis()): "
@@ -688,6 +691,30 @@ def build_implementations(
 # --- Measurement -------------------------------------------------------------------
 
 
+@functools.cache
+def _warm_up_compiler() -> None:
+    """Compile a small vmapped scan and its gradient, untimed, once per process.
+
+    The first XLA compilation in a process took 0.07-0.09 s longer than the same one
+    later (LSTM small forward: 0.26 s first, 0.17 s after), whichever implementation
+    came first, and the first was always eqrnn's; after this warm-up, 0.18 s.
+    """
+
+    def loss(weight: Any, xs: Any) -> Any:
+        def body(h: Any, x: Any) -> Any:
+            h = jnp.tanh(jnp.concatenate([x, h]) @ weight)
+            return h, h
+
+        return jax.lax.scan(body, jnp.zeros(weight.shape[1]), xs)[1].sum()
+
+    def batched(weight: Any, xs: Any) -> Any:
+        return jax.vmap(loss, (None, 0))(weight, xs).sum()
+
+    weight, xs = jnp.zeros((5, 3)), jnp.zeros((1, 4, 2))
+    jax.jit(batched).lower(weight, xs).compile()
+    jax.jit(jax.value_and_grad(batched)).lower(weight, xs).compile()
+
+
 def measure(
     impls: Sequence[Implementation],
     passes: Sequence[str],
@@ -700,6 +727,7 @@ def measure(
     their median and minimum, compile time, memory and the first call's loss.
     """
     records: list[dict[str, Any]] = []
+    _warm_up_compiler()
     for impl in impls:
         record: dict[str, Any] = {"implementation": impl.name, "peer": impl.peer}
         for pass_ in passes:
