@@ -18,12 +18,13 @@ import statistics
 import time
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 
 import eqrnn
+from eqrnn._bench import scan_loss
+from eqrnn._cli import _positive_int, _size
 from eqrnn._fused import generic_step_options
 
 
@@ -32,23 +33,17 @@ CELLS = (eqrnn.SimpleCell, eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MGUCell)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="256,32,64,256", help="T,B,I,H")
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--size", type=_size, default="256,32,64,256", help="T,B,I,H")
+    parser.add_argument("--reps", type=_positive_int, default=7)
     args = parser.parse_args()
-    steps, batch, input_size, hidden = (int(v) for v in args.size.split(","))
+    steps, batch, input_size, hidden = args.size
     xs = jr.normal(jr.key(1), (batch, steps, input_size), jnp.float32)
     calls: dict[str, tuple[Any, Any]] = {}
     for cls in CELLS:
         name = cls.__name__
         for label, options in (("fused", {}), ("generic", generic_step_options(cls))):
             cell = cls(input_size, hidden, dtype=jnp.float32, key=jr.key(0), **options)
-            params, static = eqx.partition(cell, eqx.is_inexact_array)
-
-            def loss(params: Any, xs: Any, static: Any = static) -> Any:
-                cell = eqx.combine(params, static)
-                hiddens = jax.vmap(lambda x: eqrnn.scan_all_hidden(cell, x))(xs)
-                return jax.tree.leaves(hiddens)[0].sum()
-
+            loss, params = scan_loss(cell)
             grad = jax.value_and_grad(loss, argnums=(0, 1))
             calls[f"{name} {label} fwd"] = (jax.jit(loss), params)
             calls[f"{name} {label} fwd+bwd"] = (jax.jit(grad), params)

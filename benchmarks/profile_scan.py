@@ -21,14 +21,14 @@ import glob
 import gzip
 import json
 import tempfile
-from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 
 import eqrnn
+from eqrnn._bench import scan_loss
+from eqrnn._cli import _positive_int, _size
 from eqrnn._fused import generic_step_options
 
 
@@ -38,24 +38,18 @@ def main() -> None:
     parser.add_argument(
         "--pass", dest="pass_", choices=["fwd", "fwd_bwd"], default="fwd"
     )
-    parser.add_argument("--size", default="256,32,64,256", help="T,B,I,H")
+    parser.add_argument("--size", type=_size, default="256,32,64,256", help="T,B,I,H")
     parser.add_argument("--generic", action="store_true", help="the generic step")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--reps", type=_positive_int, default=3)
+    parser.add_argument("--top", type=_positive_int, default=20)
     parser.add_argument("--hlo", help="write the optimised HLO to this file")
     args = parser.parse_args()
-    steps, batch, input_size, hidden = (int(v) for v in args.size.split(","))
+    steps, batch, input_size, hidden = args.size
     cls = eqrnn.LSTMCell if args.cell == "lstm" else eqrnn.GRUCell
     options = generic_step_options(cls) if args.generic else {}
     cell = cls(input_size, hidden, dtype=jnp.float32, key=jr.key(0), **options)
-    params, static = eqx.partition(cell, eqx.is_inexact_array)
+    loss, params = scan_loss(cell)
     xs = jr.normal(jr.key(1), (batch, steps, input_size), jnp.float32)
-
-    def loss(params: Any, xs: Any) -> Any:
-        cell = eqx.combine(params, static)
-        hiddens = jax.vmap(lambda x: eqrnn.scan_all_hidden(cell, x))(xs)
-        return jax.tree.leaves(hiddens)[0].sum()
-
     fn = jax.value_and_grad(loss, argnums=(0, 1)) if args.pass_ == "fwd_bwd" else loss
     call = jax.jit(fn)
     if args.hlo:

@@ -411,17 +411,23 @@ def build_eqrnn(
         ),
         "bias_hn",
     )
+    loss_fn, params = scan_loss(cell, unroll=unroll, checkpoint=checkpoint)
+    return JaxImplementation(name, "eqrnn", loss_fn, params, _jax_inputs(problem))
+
+
+def scan_loss(cell: Any, **scan_options: Any) -> tuple[Callable[[Any, Any], Any], Any]:
+    """`(loss_fn, params)`: `loss_fn(params, inputs)` is the sum of `h` at every step
+    of `scan_all_hidden(cell, x, **scan_options)`, vmapped over the batch of
+    `inputs` (`(batch, time, input_size)`), with `params` the cell's arrays. Also
+    the loss of `benchmarks/fused_vs_generic.py` and `benchmarks/profile_scan.py`."""
     params, static = eqx.partition(cell, eqx.is_inexact_array)
-    kind = problem.cell
 
     def loss_fn(params: Any, inputs: Any) -> Any:
         cell = eqx.combine(params, static)
-        hiddens = jax.vmap(
-            lambda x: scan_all_hidden(cell, x, unroll=unroll, checkpoint=checkpoint)
-        )(inputs)
-        return jnp.sum(_h_of(kind, hiddens))
+        hiddens = jax.vmap(lambda x: scan_all_hidden(cell, x, **scan_options))(inputs)
+        return jnp.sum(jax.tree.leaves(hiddens)[0])
 
-    return JaxImplementation(name, "eqrnn", loss_fn, params, _jax_inputs(problem))
+    return loss_fn, params
 
 
 def build_equinox(problem: Problem) -> Implementation:
