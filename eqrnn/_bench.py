@@ -300,6 +300,7 @@ class JaxImplementation(Implementation):
             fn = self._loss_fn
         else:
             fn = jax.value_and_grad(self._loss_fn, argnums=(0, 1))
+        _warm_up_compiler()
         start = time.perf_counter()
         lowered = jax.jit(fn).lower(self._params, self._inputs)
         lowered_at = time.perf_counter()
@@ -733,7 +734,6 @@ def measure(
     their median and minimum, compile time, memory and the first call's loss.
     """
     records: list[dict[str, Any]] = []
-    _warm_up_compiler()
     for impl in impls:
         record: dict[str, Any] = {"implementation": impl.name, "peer": impl.peer}
         for pass_ in passes:
