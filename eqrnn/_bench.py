@@ -901,6 +901,24 @@ def _loss_notes(records: Sequence[dict[str, Any]], tolerance: float) -> list[str
     return notes
 
 
+# The environment variables that change how the C allocator serves and returns
+# large buffers. They change every implementation's times, PyTorch's most (glibc's
+# mmap threshold and trimming decide whether each call's buffers are fresh pages,
+# faulted in on first touch): BENCHMARKS.md, "The memory allocator".
+ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF")
+
+
+def allocator_environment() -> dict[str, str]:
+    """The allocator settings of this process's environment: `ALLOCATOR_VARIABLES`
+    and glibc's `MALLOC_*_` variables that are set."""
+    return {
+        name: value
+        for name, value in sorted(os.environ.items())
+        if name in ALLOCATOR_VARIABLES
+        or (name.startswith("MALLOC_") and name.endswith("_"))
+    }
+
+
 def machine_info(torch_threads: int | None) -> dict[str, Any]:
     def version(module: str) -> str | None:
         mod = sys.modules.get(module)
@@ -919,6 +937,7 @@ def machine_info(torch_threads: int | None) -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS"),
+        "allocator_env": allocator_environment(),
         "eqrnn_source": _source_revision(),
         "versions": {
             "eqrnn": eqrnn.__version__,
@@ -1023,6 +1042,17 @@ def run_bench(config: BenchConfig, out: TextOut | None = None) -> dict[str, Any]
             f"{machine['jax_backend']} ({machine['jax_cores']} cores){threads}, "
             f"float32, {config.reps} reps {order} after {config.warmup} warm-up "
             "calls.",
+            file=stream,
+        )
+        allocator = machine["allocator_env"]
+        print(
+            "memory allocator: "
+            + (
+                ", ".join(f"{k}={v}" for k, v in allocator.items())
+                if allocator
+                else "the C library's defaults"
+            )
+            + " (it changes every implementation's times, see BENCHMARKS.md).",
             file=stream,
         )
         print(f"compile s: {JAX_COMPILE_METHOD}.", file=stream)

@@ -4,6 +4,7 @@ Their figures are not checked here (performance claims live in the benchmarks, n
 in timed tests); only that they run and print what BENCHMARKS.md shows.
 """
 
+import json
 import pathlib
 import runpy
 import subprocess
@@ -42,3 +43,26 @@ def test_profile_scan_prints_thunks(generic):
         f"lstm fwd_bwd ({'generic' if generic else 'fused'} step), T=4 B=2 I=3 H=4"
     )
     assert len(lines) == 6 and all(" ms " in line for line in lines[1:]), lines
+
+
+def test_allocator_study_runs_each_setting_in_its_own_process(tmp_path):
+    path = tmp_path / "allocator.json"
+    argv = [sys.executable, str(BENCHMARKS / "allocator_study.py"), "--rounds", "1"]
+    argv += ["--reps", "1", "--size", "4,2,3,4", "--cells", "gru"]
+    argv += ["--settings", "hugetlb", "--json", str(path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == "  hugetlb: GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
+    rows = [line.split() for line in lines[3:]]
+    assert [row[:3] for row in rows] == [
+        ["gru", "custom", "fwd"],
+        ["gru", "custom", "fwd_bwd"],
+    ]
+    for row in rows:  # eqrnn ms, torch ms, their ratio
+        assert float(row[-3]) > 0 and float(row[-2]) > 0 and row[-1].endswith("x")
+    # The bench process ran under the setting, and recorded it.
+    (report,) = json.loads(path.read_text())["reports"]["hugetlb"]
+    assert report["machine"]["allocator_env"]["GLIBC_TUNABLES"] == (
+        "glibc.malloc.hugetlb=1"
+    )

@@ -9,6 +9,7 @@ is skipped with a note.
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -55,8 +56,13 @@ def _assert_pass_entry(entry: dict, implementation: str, reps: int) -> None:
         )
 
 
-def test_bench_json_and_every_peer_computes_eqrnns_loss(tmp_path, capsys):
+def test_bench_json_and_every_peer_computes_eqrnns_loss(tmp_path, capsys, monkeypatch):
     path = tmp_path / "b.json"
+    # The allocator settings are recorded and printed (they change the times).
+    for name in list(os.environ):
+        if name in ("LD_PRELOAD", "MALLOC_CONF") or name.startswith("MALLOC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
     argv = ["bench", "--size", TINY, "--reps", "2", "--warmup", "1"]
     argv += ["--cells", "lstm", "gru", "--peers", "torch", "flax", "equinox"]
     argv += ["--json", str(path)]
@@ -71,6 +77,8 @@ def test_bench_json_and_every_peer_computes_eqrnns_loss(tmp_path, capsys):
     for package in ("jax", "torch", "flax", "equinox", "eqrnn"):
         assert machine["versions"][package], package
     assert machine["torch_num_threads"] == machine["jax_cores"]
+    assert machine["allocator_env"] == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert "\nmemory allocator: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (" in printed
     assert report["skipped_peers"] == {}
     assert report["settings"]["reps"] == 2
     assert report["settings"]["sizes"] == [
