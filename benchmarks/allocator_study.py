@@ -25,7 +25,8 @@ import sys
 import tempfile
 from typing import Any
 
-from eqrnn._cli import _positive_int
+from eqrnn._bench import SIZES
+from eqrnn._cli import _positive_int, _size
 
 
 # Larger than any heap this machine can hold: freed memory is never trimmed.
@@ -78,9 +79,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=str(__doc__).splitlines()[0])
     parser.add_argument("--rounds", type=_positive_int, default=2)
     parser.add_argument("--reps", type=_positive_int, default=5)
-    parser.add_argument("--cells", nargs="+", default=["lstm", "gru"])
-    parser.add_argument("--sizes", nargs="+", default=["mid", "large"])
-    parser.add_argument("--size", help="T,B,I,H: a custom size instead of --sizes")
+    parser.add_argument(
+        "--cells", nargs="+", choices=["lstm", "gru"], default=["lstm", "gru"]
+    )
+    parser.add_argument(
+        "--sizes", nargs="+", choices=list(SIZES), default=["mid", "large"]
+    )
+    parser.add_argument(
+        "--size", type=_size, help="T,B,I,H: a custom size instead of --sizes"
+    )
     parser.add_argument(
         "--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS)
     )
@@ -88,7 +95,10 @@ def main() -> None:
     args = parser.parse_args()
     bench_args = ["--cells", *args.cells, "--peers", "torch"]
     bench_args += ["--reps", str(args.reps)]
-    bench_args += ["--size", args.size] if args.size else ["--sizes", *args.sizes]
+    if args.size:
+        bench_args += ["--size", ",".join(map(str, args.size))]
+    else:
+        bench_args += ["--sizes", *args.sizes]
     bench_args += ["--mode", "both"]
 
     reports: dict[str, list[dict[str, Any]]] = {name: [] for name in args.settings}
