@@ -902,20 +902,21 @@ def _loss_notes(records: Sequence[dict[str, Any]], tolerance: float) -> list[str
 
 
 # The environment variables that change how the C allocator serves and returns
-# large buffers. They change every implementation's times, PyTorch's most (glibc's
-# mmap threshold and trimming decide whether each call's buffers are fresh pages,
-# faulted in on first touch): BENCHMARKS.md, "The memory allocator".
-ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD", "MALLOC_CONF")
+# large buffers: glibc's tunables and `MALLOC_*` variables, a preloaded allocator
+# and its settings (jemalloc's `MALLOC_CONF`, `TCMALLOC_*`). They change every
+# implementation's times, PyTorch's most (whether each call's buffers are fresh
+# pages, faulted in on first touch): BENCHMARKS.md, "The memory allocator".
+ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD")
+ALLOCATOR_PREFIXES = ("MALLOC_", "TCMALLOC_")
 
 
 def allocator_environment() -> dict[str, str]:
-    """The allocator settings of this process's environment: `ALLOCATOR_VARIABLES`
-    and glibc's `MALLOC_*_` variables that are set."""
+    """The allocator settings of this process's environment (`ALLOCATOR_VARIABLES`
+    and the variables named `ALLOCATOR_PREFIXES*`) that are set."""
     return {
         name: value
         for name, value in sorted(os.environ.items())
-        if name in ALLOCATOR_VARIABLES
-        or (name.startswith("MALLOC_") and name.endswith("_"))
+        if name in ALLOCATOR_VARIABLES or name.startswith(ALLOCATOR_PREFIXES)
     }
 
 

@@ -9,12 +9,12 @@ is skipped with a note.
 
 import json
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 
+from eqrnn._bench import allocator_environment
 from eqrnn._cli import main
 
 
@@ -59,9 +59,8 @@ def _assert_pass_entry(entry: dict, implementation: str, reps: int) -> None:
 def test_bench_json_and_every_peer_computes_eqrnns_loss(tmp_path, capsys, monkeypatch):
     path = tmp_path / "b.json"
     # The allocator settings are recorded and printed (they change the times).
-    for name in list(os.environ):
-        if name in ("LD_PRELOAD", "MALLOC_CONF") or name.startswith("MALLOC_"):
-            monkeypatch.delenv(name)
+    for name in allocator_environment():
+        monkeypatch.delenv(name)
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
     argv = ["bench", "--size", TINY, "--reps", "2", "--warmup", "1"]
     argv += ["--cells", "lstm", "gru", "--peers", "torch", "flax", "equinox"]
@@ -118,12 +117,16 @@ def test_bench_json_and_every_peer_computes_eqrnns_loss(tmp_path, capsys, monkey
     assert printed.count("eqrnn fused step vs generic step") == 2
 
 
-def test_checkpoint_study_reports_time_and_memory_ratios(tmp_path, capsys):
+def test_checkpoint_study_reports_time_and_memory_ratios(tmp_path, capsys, monkeypatch):
+    for name in allocator_environment():
+        monkeypatch.delenv(name)
     path = tmp_path / "study.json"
     argv = ["bench", "--checkpoint-study", "--size", "16,2,3,4", "--reps", "1"]
     assert main([*argv, "--warmup", "1", "--json", str(path)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(path.read_text())
+    assert report["machine"]["allocator_env"] == {}
+    assert "\nmemory allocator: the C library's defaults (" in printed
     assert report["settings"]["peers"] == []  # eqrnn alone: nothing imported
     study = report["checkpoint_study"]
     names = [r["implementation"] for r in study["results"]]
@@ -374,3 +377,21 @@ def test_python_m_eqrnn_bench_help_exits_0():
         "--memory-limit-gib",
     ):
         assert option in done.stdout, option
+
+
+def test_allocator_environment_names_only_allocator_settings(monkeypatch):
+    for name in allocator_environment():
+        monkeypatch.delenv(name)
+    assert allocator_environment() == {}
+    settings = {
+        "GLIBC_TUNABLES": "glibc.malloc.arena_max=1",
+        "MALLOC_ARENA_MAX": "1",
+        "MALLOC_TRIM_THRESHOLD_": "0",
+        "MALLOC_CONF": "dirty_decay_ms:-1",
+        "TCMALLOC_RELEASE_RATE": "0",
+        "LD_PRELOAD": "libjemalloc.so.2",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")  # recorded elsewhere
+    assert allocator_environment() == settings
