@@ -4,11 +4,11 @@ XLA and PyTorch both take their large CPU buffers from the C library's `malloc`.
 With glibc's defaults a buffer above the mmap threshold (at most 32 MiB), or one in
 a thread's arena that empties, is freshly mapped on every call and returned to the
 kernel when freed, so every call pays a page fault per 4 KiB the first time it
-touches it (a few ms per 32 MiB here). The
-glibc tunables below change that, and they change PyTorch's times far more than
-XLA's, which decides how a speed comparison between the two comes out. Each
-setting runs `eqrnn bench` in a fresh process (the tunables are read at start-up),
-settings interleaved over `--rounds` rounds:
+touches it (a few ms per 32 MiB here). The glibc tunables below change that, and
+they change PyTorch's times far more than XLA's, which decides how a speed
+comparison between the two comes out. Each setting runs `eqrnn bench` in a fresh
+process (the tunables are read at start-up), settings interleaved over `--rounds`
+rounds:
 
     python benchmarks/allocator_study.py --rounds 2 --reps 5 \\
         --json benchmarks/cpu-2core-allocator.json
@@ -69,7 +69,7 @@ def best_medians(reports: list[dict[str, Any]]) -> dict[tuple[str, ...], float]:
                 if not record.get(pass_):
                     continue
                 key = (record["cell"], record["size"]["name"], pass_)
-                key += (record["implementation"],)
+                key = (*key, record["implementation"])
                 ms = record[pass_]["median_ms"]
                 best[key] = min(best.get(key, ms), ms)
     return best
@@ -99,7 +99,6 @@ def main() -> None:
         bench_args += ["--size", ",".join(map(str, args.size))]
     else:
         bench_args += ["--sizes", *args.sizes]
-    bench_args += ["--mode", "both"]
 
     reports: dict[str, list[dict[str, Any]]] = {name: [] for name in args.settings}
     for _ in range(args.rounds):
@@ -117,10 +116,8 @@ def main() -> None:
         f"{name + ' eqrnn|torch|ratio':>34}" for name in args.settings
     )
     print(header)
-    first = best[args.settings[0]]
-    for cell, size, pass_, impl in sorted(first):
-        if impl != "eqrnn":
-            continue
+    rows = sorted(k[:3] for k in best[args.settings[0]] if k[3] == "eqrnn")
+    for cell, size, pass_ in rows:
         cols = []
         for name in args.settings:
             mine = best[name][cell, size, pass_, "eqrnn"]

@@ -56,12 +56,20 @@ def _assert_pass_entry(entry: dict, implementation: str, reps: int) -> None:
         )
 
 
-def test_bench_json_and_every_peer_computes_eqrnns_loss(tmp_path, capsys, monkeypatch):
-    path = tmp_path / "b.json"
-    # The allocator settings are recorded and printed (they change the times).
+@pytest.fixture
+def default_allocator(monkeypatch):
+    """No allocator setting in the environment (`eqrnn bench` records and prints
+    them); yields `monkeypatch` to set some."""
     for name in allocator_environment():
         monkeypatch.delenv(name)
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+    return monkeypatch
+
+
+def test_bench_json_and_every_peer_computes_eqrnns_loss(
+    tmp_path, capsys, default_allocator
+):
+    path = tmp_path / "b.json"
+    default_allocator.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
     argv = ["bench", "--size", TINY, "--reps", "2", "--warmup", "1"]
     argv += ["--cells", "lstm", "gru", "--peers", "torch", "flax", "equinox"]
     argv += ["--json", str(path)]
@@ -117,9 +125,9 @@ def test_bench_json_and_every_peer_computes_eqrnns_loss(tmp_path, capsys, monkey
     assert printed.count("eqrnn fused step vs generic step") == 2
 
 
-def test_checkpoint_study_reports_time_and_memory_ratios(tmp_path, capsys, monkeypatch):
-    for name in allocator_environment():
-        monkeypatch.delenv(name)
+def test_checkpoint_study_reports_time_and_memory_ratios(
+    tmp_path, capsys, default_allocator
+):
     path = tmp_path / "study.json"
     argv = ["bench", "--checkpoint-study", "--size", "16,2,3,4", "--reps", "1"]
     assert main([*argv, "--warmup", "1", "--json", str(path)]) == 0
@@ -379,9 +387,7 @@ def test_python_m_eqrnn_bench_help_exits_0():
         assert option in done.stdout, option
 
 
-def test_allocator_environment_names_only_allocator_settings(monkeypatch):
-    for name in allocator_environment():
-        monkeypatch.delenv(name)
+def test_allocator_environment_names_only_allocator_settings(default_allocator):
     assert allocator_environment() == {}
     settings = {
         "GLIBC_TUNABLES": "glibc.malloc.arena_max=1",
@@ -392,6 +398,6 @@ def test_allocator_environment_names_only_allocator_settings(monkeypatch):
         "LD_PRELOAD": "libjemalloc.so.2",
     }
     for name, value in settings.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")  # recorded elsewhere
+        default_allocator.setenv(name, value)
+    default_allocator.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")  # recorded elsewhere
     assert allocator_environment() == settings
