@@ -17,6 +17,7 @@ from ._lru import LRU as LRU, RGLRU as RGLRU
 from ._lstm import LSTMCell as LSTMCell
 from ._mgu import MGUCell as MGUCell
 from ._min_rnn import MinGRU as MinGRU, MinLSTM as MinLSTM
+from ._platform import tuned_for as tuned_for
 from ._scan import scan_all_hidden as scan_all_hidden, scan_last as scan_last
 from ._simple import SimpleCell as SimpleCell
 from ._training import (
@@ -56,4 +57,5 @@ __all__ = [
     "scan_last",
     "shard_batch",
     "truncated_bptt",
+    "tuned_for",
 ]

@@ -12,10 +12,10 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Shape
 
 from ._custom_types import Inputs, Length
 from ._linear_scan import Mode
+from ._platform import Unroll, check_unroll
 from ._scan import (
     check_cell_mode,
     check_length,
-    check_unroll,
     chunk_length,
     scan_with_final,
 )
@@ -93,7 +93,7 @@ class RNN(eqx.Module):
     reverse: bool = eqx.field(static=True)
     keep_order: bool = eqx.field(static=True)
     return_hidden: bool = eqx.field(static=True)
-    unroll: int | bool = eqx.field(static=True)
+    unroll: Unroll = eqx.field(static=True)
     checkpoint: bool | int = eqx.field(static=True)
     mode: Mode = eqx.field(static=True)
     check_finite: bool = eqx.field(static=True)
@@ -105,7 +105,7 @@ class RNN(eqx.Module):
         reverse: bool = False,
         keep_order: bool = False,
         return_hidden: bool = False,
-        unroll: int | bool = 1,
+        unroll: Unroll = "auto",
         checkpoint: bool | int = False,
         mode: Mode = "auto",
         check_finite: bool = False,
@@ -120,7 +120,8 @@ class RNN(eqx.Module):
             order they were computed, `outputs[0]` belonging to the last valid step,
             as in Flax (padding stays at the end either way).
         - `return_hidden`: also return the final hidden state.
-        - `unroll`: steps unrolled per iteration of `jax.lax.scan`.
+        - `unroll`: as in `scan_all_hidden`: steps unrolled per iteration of
+            `jax.lax.scan`, `"auto"` (the default) for the platform's choice.
         - `checkpoint`: as in `scan_all_hidden`: recompute in the backward pass,
             memory growing as `sqrt(time)`.
         - `mode`: as in `scan_all_hidden`: how a cell whose recurrence is linear in

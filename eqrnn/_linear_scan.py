@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Inexact
 
+from ._platform import Unroll, auto_mode, check_unroll, resolve_unroll
+
 
 Mode: TypeAlias = Literal["auto", "sequential", "associative", "chunked"]
 MODES: tuple[str, ...] = ("auto", "sequential", "associative", "chunked")
@@ -129,18 +131,8 @@ def check_mode(mode: Any, where: str) -> None:
 
 
 def resolve_mode(mode: str) -> str:
-    """The backend that `mode="auto"` stands for on the default platform."""
-    if mode != "auto":
-        return mode
-    # Measured on the 2-core CPU this project runs on: MinGRU forward+backward, B=16
-    # (vmapped), H=256, median of 5 interleaved runs: T=1024 sequential 182 ms,
-    # associative 221 ms, chunked 227 ms; T=4096 799, 929 and 926 ms. On CPU the
-    # work is memory-bound: the sequential scan reads each coefficient once, the
-    # associative scan reads and writes the whole sequence at each of its log2(T)
-    # levels. On GPU and TPU one time step is too little work to fill the device and
-    # the associative scan's log2(T) depth is expected to win (not measured: no GPU
-    # was lent to this task).
-    return "sequential" if jax.default_backend() == "cpu" else "associative"
+    """The backend that `mode="auto"` stands for on the current platform."""
+    return auto_mode() if mode == "auto" else mode
 
 
 def _leading(x: Any) -> int:
@@ -413,7 +405,7 @@ def linear_scan(
     *,
     mode: Mode = "auto",
     reverse: bool = False,
-    unroll: int | bool = 1,
+    unroll: Unroll = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Inexact[Array, _TIME_STATE]: ...
 
@@ -426,7 +418,7 @@ def linear_scan(
     *,
     mode: Mode = "auto",
     reverse: bool = False,
-    unroll: int | bool = 1,
+    unroll: Unroll = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Float[Array, _TIME_STATE], Float[Array, _TIME_STATE]]: ...
 
@@ -438,7 +430,7 @@ def linear_scan(
     *,
     mode: Mode = "auto",
     reverse: bool = False,
-    unroll: int | bool = 1,
+    unroll: Unroll = "auto",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Steps:
     r"""Evaluate the linear recurrence $h_t = a_t \odot h_{t-1} + b_t$ over a sequence.
@@ -473,7 +465,9 @@ def linear_scan(
         across them), or `"auto"`: sequential on CPU, associative elsewhere.
     - `reverse`: run from the last step to the first.
     - `unroll`: steps unrolled per iteration of the sequential scans (the whole
-        `"sequential"` backend, the scan across chunks of `"chunked"`).
+        `"sequential"` backend, the scan across chunks of `"chunked"`): a positive
+        int, a bool (`True`: all of them) or `"auto"`, the platform's choice (see
+        `eqrnn.scan_all_hidden`).
     - `chunk_size`: the number of steps per chunk for `mode="chunked"`.
 
     The result can be differentiated with respect to `a`, `b` and `h0`: the
@@ -490,10 +484,7 @@ def linear_scan(
     check_mode(mode, "linear_scan")
     if not isinstance(reverse, bool):
         raise TypeError(f"linear_scan: `reverse` must be a bool, got {reverse!r}.")
-    if not isinstance(unroll, bool) and (not isinstance(unroll, int) or unroll < 1):
-        raise ValueError(
-            f"linear_scan: `unroll` must be a positive int or a bool, got {unroll!r}."
-        )
+    check_unroll(unroll, "linear_scan")
     if (
         isinstance(chunk_size, bool)
         or not isinstance(chunk_size, int)
@@ -534,7 +525,7 @@ def linear_scan(
         h0,
         mode=resolve_mode(mode),
         reverse=reverse,
-        unroll=unroll,
+        unroll=resolve_unroll(unroll, _leading(a)),
         chunk_size=chunk_size,
     )
     return hs

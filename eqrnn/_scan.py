@@ -28,6 +28,7 @@ from ._linear_scan import (
     resolve_mode,
 )
 from ._misc import check_same_dtype
+from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
 
 
 def _tree_where(pred: Array, on_true: Any, on_false: Any) -> Any:
@@ -170,27 +171,6 @@ def chunk_length(checkpoint: Any, num_steps: int, where: str) -> int | None:
     )
 
 
-def check_unroll(unroll: Any, where: str) -> None:
-    if isinstance(unroll, bool):
-        return
-    if not isinstance(unroll, int) or unroll < 1:
-        raise ValueError(
-            f"{where}: `unroll` must be a positive int or a bool, got {unroll!r}."
-        )
-
-
-def _hoist_projection() -> bool:
-    """Whether to project the inputs of all steps in one matmul before the scan.
-
-    Measured on a 2-core CPU (`eqrnn bench` sizes, vmapped, float32): projecting
-    inside each step was ~2x faster forward and 1.1-1.4x faster forward+backward
-    than hoisting, which materialises a `(batch, time, gates * hidden)` array and
-    transposes it to time-major. On accelerators hoisting is the usual win (one large
-    matmul instead of `time` small ones); that choice is not measured here.
-    """
-    return jax.default_backend() != "cpu"
-
-
 def scan_with_final(
     cell: Callable[..., Any],
     inputs: Any,
@@ -226,7 +206,7 @@ def _scan(
     length: Any,
     reverse: bool,
     resets: Any,
-    unroll: int | bool,
+    unroll: Unroll,
     checkpoint: bool | int,
     key: PRNGKeyArray | None,
     stack: bool,
@@ -285,20 +265,21 @@ def _run(
     chunk: int | None,
     key: PRNGKeyArray | None,
     reverse: bool,
-    unroll: int | bool,
+    unroll: Unroll,
     stack: bool,
     mode: str,
 ) -> tuple[Any, Any]:
     """The scan itself, on checked arguments (`inputs` already zero at padding)."""
     num_steps = inputs.shape[0]
+    unroll = resolve_unroll(unroll, num_steps if chunk is None else chunk)
     xs = inputs
     if isinstance(cell, AbstractCell):
         # Whether the input projection of every step is made in one matmul before
         # the loop: for a linear cell, whose engine needs every step's coefficients
         # at once, unless checkpointed (each chunk then projects its own inputs);
-        # for the others, off the CPU (see `_hoist_projection`).
+        # for the others, off the CPU (see `eqrnn._platform.hoists_projection`).
         linear = isinstance(cell, AbstractLinearCell)
-        hoisted = chunk is None if linear else _hoist_projection()
+        hoisted = chunk is None if linear else hoists_projection()
         if hoisted:
             xs = cell.project_inputs(inputs)
         # The built-in step-by-step cells have a faster form of the step
@@ -526,7 +507,7 @@ def scan_last(
     length: Length | None = None,
     reverse: bool = False,
     resets: Bool[ArrayLike, " time"] | None = None,
-    unroll: int | bool = 1,
+    unroll: Unroll = "auto",
     checkpoint: bool | int = False,
     key: PRNGKeyArray | None = None,
     mode: Mode = "auto",
@@ -558,7 +539,10 @@ def scan_last(
         `cell.init_hidden()` (zeros for cells without it) instead of the carried
         state, as at an episode boundary.
     - `unroll`: steps unrolled per iteration of `jax.lax.scan` (for a linear cell,
-        of the sequential scans of its `mode`).
+        of the sequential scans of its `mode`): a positive int, a bool (`True`:
+        every step) or `"auto"`, the platform's measured choice: 1 on CPU, 8 on GPU
+        and TPU, where each loop iteration has a fixed cost (BENCHMARKS.md). More
+        unrolling compiles longer.
     - `checkpoint`: recompute the forward pass during the backward pass, keeping
         only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
         `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.
@@ -613,7 +597,7 @@ def scan_all_hidden(
     length: Length | None = None,
     reverse: bool = False,
     resets: Bool[ArrayLike, " time"] | None = None,
-    unroll: int | bool = 1,
+    unroll: Unroll = "auto",
     checkpoint: bool | int = False,
     key: PRNGKeyArray | None = None,
     mode: Mode = "auto",
@@ -649,7 +633,10 @@ def scan_all_hidden(
         `cell.init_hidden()` (zeros for cells without it) instead of the carried
         state, as at an episode boundary.
     - `unroll`: steps unrolled per iteration of `jax.lax.scan` (for a linear cell,
-        of the sequential scans of its `mode`).
+        of the sequential scans of its `mode`): a positive int, a bool (`True`:
+        every step) or `"auto"`, the platform's measured choice: 1 on CPU, 8 on GPU
+        and TPU, where each loop iteration has a fixed cost (BENCHMARKS.md). More
+        unrolling compiles longer.
     - `checkpoint`: recompute the forward pass during the backward pass, keeping
         only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
         `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.

@@ -5,6 +5,19 @@ pytest's `addopts` turn on jaxtyping + beartype run-time checking for the whole
 makes every warning an error. float64 is enabled so references can be compared to
 1e-10; tests that need float32 ask for it explicitly.
 
+Matmul precision: every comparison is made at `jax_default_matmul_precision =
+"highest"`, full float32 (and float64) products. That is what the CPU computes
+anyway; on NVIDIA GPUs JAX's default multiplies float32 in TF32 (10-bit mantissas),
+which differs from PyTorch's float32 by ~1e-4 after a few steps, so without it the
+float32 parity tests (1e-5) would fail there. docs/robustness.md says what TF32 does
+to long sequences.
+
+Platform paths: the scan helpers choose by platform (`eqrnn.tuned_for`). Test
+modules that hold eqrnn to a reference use the `each_platform` fixture
+(`pytestmark = pytest.mark.usefixtures("each_platform")`), so that each of their
+tests runs under the CPU's choices and under the GPU's (the input projection
+hoisted out of the loop, the generic step, unroll 8, associative linear scans).
+
 Hypothesis profiles (pick one with Hypothesis's own `--hypothesis-profile=NAME`):
 
 - `ci`, the default (a plain `python -m pytest`): derandomised, so every run draws
@@ -25,8 +38,15 @@ import jaxtyping
 import pytest
 from hypothesis import HealthCheck, settings
 
+import eqrnn
+
+
+# The paths `each_platform` runs: the TPU's choices are the GPU's.
+PLATFORMS = ["cpu", "gpu"]
+
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_default_matmul_precision", "highest")
 
 settings.register_profile(
     "ci",
@@ -35,14 +55,16 @@ settings.register_profile(
     database=None,
     print_blob=True,
     max_examples=15,
-    suppress_health_check=[HealthCheck.too_slow],
+    # `each_platform` is function-scoped: it enters a context for the whole test,
+    # which is the same for every example.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile(
     "nightly",
     deadline=None,
     print_blob=True,
     max_examples=400,
-    suppress_health_check=[HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
 
@@ -73,6 +95,13 @@ def getkey(request):
         return jr.fold_in(key, next(counter))
 
     return _getkey
+
+
+@pytest.fixture(params=PLATFORMS)
+def each_platform(request):
+    """Run the test under each platform's choices (`eqrnn.tuned_for`)."""
+    with eqrnn.tuned_for(request.param):
+        yield request.param
 
 
 @pytest.fixture

@@ -47,7 +47,8 @@ from eqrnn.interop import from_torch
 from .helpers import tolerance
 
 
-pytestmark = pytest.mark.differential
+# Each test runs under the CPU's and the GPU's choices (`eqrnn.tuned_for`).
+pytestmark = [pytest.mark.differential, pytest.mark.usefixtures("each_platform")]
 
 KINDS = ("rnn_tanh", "rnn_relu", "gru", "lstm", "lstm_proj")
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}

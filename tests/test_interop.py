@@ -138,6 +138,7 @@ TORCH_CASES = [
         for m, n, b, p, d in TORCH_CASES
     ],
 )
+@pytest.mark.usefixtures("each_platform")
 def test_from_torch_stack_equals_torch_on_packed_batch(
     mode, num_layers, bidirectional, proj_size, dtype, getkey
 ):
@@ -201,6 +202,7 @@ def _torch_cell(kind: str) -> torch.nn.RNNCell | torch.nn.GRUCell | torch.nn.LST
 
 
 @pytest.mark.parametrize("kind", TORCH_CELLS)
+@pytest.mark.usefixtures("each_platform")
 def test_torch_cell_converts_both_ways_and_equals_torch(kind, getkey):
     rng = _rng(getkey)
     tcell = _torch_cell(kind)
@@ -352,6 +354,7 @@ FLAX_RNN_CASES = [
 
 
 @pytest.mark.parametrize("kind, reverse, keep_order", FLAX_RNN_CASES)
+@pytest.mark.usefixtures("each_platform")
 def test_from_flax_rnn_equals_flax_with_seq_lengths(kind, reverse, keep_order, getkey):
     rng = _rng(getkey)
     rnn = nnx.RNN(
@@ -375,6 +378,7 @@ def test_from_flax_rnn_equals_flax_with_seq_lengths(kind, reverse, keep_order, g
     "kinds, merge_fn",
     [(("lstm", "optimized_lstm"), None), (("gru", "simple"), jnp.add)],
 )
+@pytest.mark.usefixtures("each_platform")
 def test_from_flax_bidirectional_equals_flax(kinds, merge_fn, getkey):
     rng = _rng(getkey)
     fwd, bwd = (nnx.RNN(_flax_cell(k, int(rng.integers(2**31)))) for k in kinds)
@@ -454,6 +458,7 @@ def test_to_flax_lstm_type_picks_the_flax_class(getkey):
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 @pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.usefixtures("each_platform")
 def test_equinox_round_trip_is_exact_and_cells_agree(kind, use_bias, getkey):
     cls = eqx.nn.GRUCell if kind == "gru" else eqx.nn.LSTMCell
     original = random_params(cls(INPUT, HIDDEN, use_bias, key=getkey()), getkey())

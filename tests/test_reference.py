@@ -29,6 +29,10 @@ import eqrnn
 from .helpers import assert_tree_allclose, flax_cell, tolerance
 
 
+# Each test runs under the CPU's and the GPU's choices (`eqrnn.tuned_for`).
+pytestmark = pytest.mark.usefixtures("each_platform")
+
+
 INPUT = 3
 HIDDEN = 5
 PROJ = 2  # PyTorch's LSTM `proj_size`

@@ -113,7 +113,8 @@ def _rnn_from_flax(nnx: Any, rnn: Any, where: str, *, forward: bool = False) -> 
         reverse=False if forward else bool(rnn.reverse),
         keep_order=bool(rnn.keep_order),
         return_hidden=bool(rnn.return_carry),
-        unroll=rnn.unroll,
+        # Flax's default of 1 becomes eqrnn's default, the platform's choice.
+        unroll="auto" if type(rnn.unroll) is int and rnn.unroll == 1 else rnn.unroll,
     )
 
 
@@ -144,7 +145,8 @@ def from_flax(module: Any) -> Cell | RNN | Bidirectional:
     `nnx.GRUCell` a `GRUCell` with `bias_hn` zero (Flax's GRU has no such term),
     `nnx.LSTMCell` and `nnx.OptimizedLSTMCell` an `LSTMCell`; `gate_fn` and
     `activation_fn` carry over. `nnx.RNN(cell, reverse=, keep_order=, return_carry=,
-    unroll=)` becomes `RNN(cell, reverse=, keep_order=, return_hidden=, unroll=)`, and
+    unroll=)` becomes `RNN(cell, reverse=, keep_order=, return_hidden=, unroll=)`
+    (Flax's default `unroll=1` becomes eqrnn's `"auto"`, and back), and
     `nnx.Bidirectional(forward_rnn, backward_rnn, merge_fn=, return_carry=)` becomes
     `Bidirectional(forward, backward, merge=, return_hidden=)` (a `merge_fn` other
     than Flax's default concatenation is used as it is: it must work per time step).
@@ -279,7 +281,7 @@ def _rnn_to_flax(nnx: Any, rnn: RNN, lstm_type: str) -> Any:
         reverse=rnn.reverse,
         keep_order=rnn.keep_order,
         return_carry=rnn.return_hidden,
-        unroll=rnn.unroll,
+        unroll=1 if rnn.unroll == "auto" else rnn.unroll,
     )
 
 
