@@ -7,7 +7,8 @@ parameters and the inputs. Every implementation starts from the same weights and
 inputs (converted with `eqrnn.interop`), and their losses are cross-checked.
 
 - eqrnn: `jax.vmap(eqrnn.RNN(cell, unroll=...))`, with the defaults (`"auto"`),
-  each `--unroll` given, and (`--cpu-path`) under `eqrnn.tuned_for("cpu")`;
+  each `--unroll` given, (`--generic`) with the cell's generic step in place of its
+  fused one, and (`--cpu-path`) under `eqrnn.tuned_for("cpu")`;
 - PyTorch: `torch.nn.LSTM`/`GRU` on CUDA (cuDNN) when there is a GPU, synchronised
   after each call, else on the CPU;
 - Flax NNX: `nnx.RNN` of `nnx.LSTMCell`/`GRUCell`, split into a pure function;
@@ -37,6 +38,7 @@ import jax.random as jr
 import numpy as np
 
 import eqrnn
+from eqrnn._fused import generic_step_options
 
 
 # (cell, T, B, I, H): the sizes of BENCHMARKS.md's accelerator table.
@@ -160,15 +162,25 @@ def bench_size(
     steps, batch, input_size, hidden = size
     cls = eqrnn.LSTMCell if kind == "lstm" else eqrnn.GRUCell
     keys = jr.split(jr.key(0), 3)
-    cell = cls(input_size, hidden, dtype=jnp.float32, key=keys[0])
-    if kind == "gru":
-        # Flax's GRUCell has no b_hn.
-        cell = eqx.tree_at(lambda c: c.bias_hn, cell, jnp.zeros_like(cell.bias_hn))
+
+    def make(**options: Any) -> Any:
+        cell = cls(input_size, hidden, dtype=jnp.float32, key=keys[0], **options)
+        if kind == "gru":
+            # Flax's GRUCell has no b_hn.
+            zeros = jnp.zeros_like(cell.bias_hn)
+            cell = eqx.tree_at(lambda c: c.bias_hn, cell, zeros)
+        return cell
+
+    cell = make()
     xs = jr.normal(keys[1], (batch, steps, input_size), jnp.float32)
     cases: dict[str, dict[str, Any]] = {"eqrnn": eqrnn_case(eqrnn.RNN(cell), xs)}
     for unroll in args.unroll:
         rnn = eqrnn.RNN(cell, unroll=unroll)
         cases[f"eqrnn unroll={unroll}"] = eqrnn_case(rnn, xs)
+    if args.generic:
+        # The same parameters (the same key), another sigmoid or tanh object.
+        generic = make(**generic_step_options(cls))
+        cases["eqrnn generic step"] = eqrnn_case(eqrnn.RNN(generic), xs)
     if args.cpu_path:
         with eqrnn.tuned_for("cpu"):
             cases["eqrnn cpu path"] = eqrnn_case(eqrnn.RNN(cell), xs)
@@ -253,6 +265,7 @@ def main() -> None:
         "--sizes", type=_names((*SIZES, *TINY)), default=",".join(SIZES)
     )
     parser.add_argument("--unroll", type=_ints, default=[], help="e.g. 1,4,16,32")
+    parser.add_argument("--generic", action="store_true")
     parser.add_argument("--cpu-path", action="store_true")
     parser.add_argument(
         "--peers",

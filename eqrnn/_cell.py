@@ -71,11 +71,14 @@ class AbstractCell(eqx.Module):
         The new hidden state.
         """
 
-    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+    def _fused_step(self, hoisted: bool = False) -> Callable[[Array, Any], Any] | None:
         """`(input, hidden) -> hidden`, the same step as `cell(input, hidden)` in a
         form that runs faster inside a scan (see `eqrnn._fused`), or `None` where
-        this cell has none. The scan helpers call this once, before the time loop,
-        so that the weights it prepares are prepared once."""
+        this cell has none. With `hoisted`, it takes `project_inputs(input)` (made
+        for every step before the loop) in place of `input`, as `step` does. The
+        scan helpers call this once, before the time loop, so that the weights it
+        prepares are prepared once."""
+        del hoisted
         return None
 
     def _can_fuse(self, cls: type) -> bool:

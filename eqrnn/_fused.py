@@ -85,6 +85,12 @@ def laid_out(
     return apply
 
 
+def identity(x: Array) -> Array:
+    """The input projection of a fused step whose inputs were projected before the
+    loop."""
+    return x
+
+
 def _generic_sigmoid(x: Array) -> Array:
     return jax.nn.sigmoid(x)
 

@@ -14,7 +14,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import HiddenArray
-from ._fused import gru_pointwise, laid_out
+from ._fused import gru_pointwise, identity, laid_out
 from ._misc import make_bias
 
 
@@ -108,11 +108,11 @@ class GRUCell(StackedGatesCell):
             else None
         )
 
-    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+    def _fused_step(self, hoisted: bool = False) -> Callable[[Array, Any], Any] | None:
         if not self._can_fuse(GRUCell):
             return None
         hs, bias_hn = self.hidden_size, self.bias_hn
-        project = laid_out(self.weight_ih, self.bias)
+        project = identity if hoisted else laid_out(self.weight_ih, self.bias)
         recur = laid_out(
             self.weight_hh,
             None

@@ -154,9 +154,17 @@ class LSTMCell(StackedGatesCell):
         h = o * self.activation_fn(c)
         return (h if self.weight_hr is None else self.weight_hr @ h), c
 
-    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+    def _fused_step(self, hoisted: bool = False) -> Callable[[Array, Any], Any] | None:
         if self.weight_hr is not None or not self._can_fuse(LSTMCell):
             return None
+        if hoisted:
+            recur = laid_out(self.weight_hh)
+
+            def hoisted_step(projected: Array, hidden: LSTMHidden) -> LSTMHidden:
+                h, c = hidden
+                return lstm_pointwise(projected + recur(h), c)
+
+            return hoisted_step
         # One matmul per step for both halves: `[x, h] @ [weight_ih, weight_hh].T`
         # (measured faster than two at the benchmark sizes). Its transpose is made
         # from the two weights' transposes, which XLA compiles to one kernel

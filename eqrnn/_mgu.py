@@ -13,7 +13,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import HiddenArray
-from ._fused import laid_out
+from ._fused import identity, laid_out
 
 
 class MGUCell(StackedGatesCell):
@@ -97,11 +97,11 @@ class MGUCell(StackedGatesCell):
             activation_fn=activation_fn,
         )
 
-    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+    def _fused_step(self, hoisted: bool = False) -> Callable[[Array, Any], Any] | None:
         if not self._can_fuse(MGUCell):
             return None
         hs = self.hidden_size
-        project = laid_out(self.weight_ih, self.bias)
+        project = identity if hoisted else laid_out(self.weight_ih, self.bias)
         recur_f, recur_n = laid_out(self.weight_hh[:hs]), laid_out(self.weight_hh[hs:])
 
         def fused_step(x: Array, hidden: HiddenArray) -> HiddenArray:

@@ -29,10 +29,10 @@ def tuned_for(platform: Platform) -> Iterator[None]:
 
     Inside the block, the scan helpers and layers choose as they would on
     `platform`: on `"gpu"` and `"tpu"` a step-by-step cell's input projection is made
-    for all steps in one matmul before the loop and each step runs the cell's
-    generic `step`, `unroll="auto"` unrolls as measured there, and `mode="auto"`
-    runs a linear cell's associative scan. On `"cpu"` each step projects its own
-    input through the built-in cell's fused step, and `"auto"` unrolls one step.
+    for all steps in one matmul before the loop, `unroll="auto"` unrolls 8 steps
+    (16 from 1024 steps on), and `mode="auto"` runs a linear cell's associative
+    scan. On `"cpu"` each step projects its own input, `"auto"` unrolls one step,
+    and linear cells run the sequential scan.
     The numbers do not depend on the choice (up to rounding); the tests hold every
     path to the same references.
 
@@ -79,15 +79,16 @@ def hoists_projection() -> bool:
 def auto_unroll(num_steps: int) -> int:
     """The steps `jax.lax.scan` unrolls per iteration under `unroll="auto"`.
 
-    On the CPU, one: each step is enough work to hide the loop's cost, and unrolling
-    only lengthens compilation. On GPU and TPU a loop iteration costs microseconds
-    of launch and synchronisation whatever the step's size; unrolling 8 steps cut
-    forward+backward by 1.3-3x on an H200, while compile time stays within a few
-    seconds (it grows with the unroll, to 15 s and more at 128).
+    On the CPU, one: a step is enough work to hide the loop's cost, and unrolling
+    only lengthens compilation. On GPU and TPU each loop iteration costs several
+    microseconds whatever the step's size; unrolling 8 steps roughly halved the
+    forward+backward time on an H200, and 16 gained a little more from 1024 steps
+    on, while compile time stays within a few seconds (it grows with the unroll:
+    6-9 s at 32). BENCHMARKS.md has the measurements.
     """
     if platform() == "cpu":
         return 1
-    return max(1, min(num_steps, 8))
+    return max(1, min(num_steps, 8 if num_steps < 1024 else 16))
 
 
 def auto_mode() -> str:

@@ -283,9 +283,8 @@ def _run(
         if hoisted:
             xs = cell.project_inputs(inputs)
         # The built-in step-by-step cells have a faster form of the step
-        # (`eqrnn._fused`), made here, outside the loop; it projects each step's
-        # input itself.
-        fused = None if hoisted or linear else cell._fused_step()
+        # (`eqrnn._fused`), made here, outside the loop.
+        fused = None if linear else cell._fused_step(hoisted)
 
         def call(x: Array, h: Any, k: Any) -> Any:
             del k
@@ -540,9 +539,9 @@ def scan_last(
         state, as at an episode boundary.
     - `unroll`: steps unrolled per iteration of `jax.lax.scan` (for a linear cell,
         of the sequential scans of its `mode`): a positive int, a bool (`True`:
-        every step) or `"auto"`, the platform's measured choice: 1 on CPU, 8 on GPU
-        and TPU, where each loop iteration has a fixed cost (BENCHMARKS.md). More
-        unrolling compiles longer.
+        every step) or `"auto"`, the platform's measured choice: 1 on CPU; on GPU
+        and TPU, where each loop iteration has a fixed cost, 8 (16 from 1024 steps
+        on; see BENCHMARKS.md). More unrolling compiles longer.
     - `checkpoint`: recompute the forward pass during the backward pass, keeping
         only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
         `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.
@@ -634,9 +633,9 @@ def scan_all_hidden(
         state, as at an episode boundary.
     - `unroll`: steps unrolled per iteration of `jax.lax.scan` (for a linear cell,
         of the sequential scans of its `mode`): a positive int, a bool (`True`:
-        every step) or `"auto"`, the platform's measured choice: 1 on CPU, 8 on GPU
-        and TPU, where each loop iteration has a fixed cost (BENCHMARKS.md). More
-        unrolling compiles longer.
+        every step) or `"auto"`, the platform's measured choice: 1 on CPU; on GPU
+        and TPU, where each loop iteration has a fixed cost, 8 (16 from 1024 steps
+        on; see BENCHMARKS.md). More unrolling compiles longer.
     - `checkpoint`: recompute the forward pass during the backward pass, keeping
         only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
         `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.

@@ -12,7 +12,7 @@ from ._cell import (
     default_recurrent_kernel_init,
 )
 from ._custom_types import HiddenArray
-from ._fused import laid_out
+from ._fused import identity, laid_out
 
 
 class SimpleCell(StackedGatesCell):
@@ -92,10 +92,11 @@ class SimpleCell(StackedGatesCell):
             activation_fn=activation_fn,
         )
 
-    def _fused_step(self) -> Callable[[Array, Any], Any] | None:
+    def _fused_step(self, hoisted: bool = False) -> Callable[[Array, Any], Any] | None:
         if not self._can_fuse(SimpleCell):
             return None
-        project, recur = laid_out(self.weight_ih, self.bias), laid_out(self.weight_hh)
+        project = identity if hoisted else laid_out(self.weight_ih, self.bias)
+        recur = laid_out(self.weight_hh)
         residual = self.residual
 
         def fused_step(x: Array, hidden: HiddenArray) -> HiddenArray:

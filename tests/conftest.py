@@ -16,7 +16,7 @@ Platform paths: the scan helpers choose by platform (`eqrnn.tuned_for`). Test
 modules that hold eqrnn to a reference use the `each_platform` fixture
 (`pytestmark = pytest.mark.usefixtures("each_platform")`), so that each of their
 tests runs under the CPU's choices and under the GPU's (the input projection
-hoisted out of the loop, the generic step, unroll 8, associative linear scans).
+hoisted out of the loop, unroll 8 or 16, associative linear scans).
 
 Hypothesis profiles (pick one with Hypothesis's own `--hypothesis-profile=NAME`):
 

@@ -1,6 +1,8 @@
 """The fused step of the built-in cells (`eqrnn._fused`) against the generic step.
 
-The scan helpers run a cell's `_fused_step()` when it has one. A cell built with
+The scan helpers run a cell's `_fused_step()` when it has one (on the GPU's path,
+`_fused_step(hoisted=True)`, which takes inputs projected before the loop; every
+test here runs under both platforms' choices). A cell built with
 `generic_step_options` (its default nonlinearity as another function object) has
 none, so it runs the generic `step`.
 The two must agree, forward, backward (inputs and every parameter), in forward
@@ -20,6 +22,9 @@ import eqrnn
 from eqrnn._fused import generic_step_options
 
 from .helpers import assert_tree_allclose, random_params, tolerance
+
+
+pytestmark = pytest.mark.usefixtures("each_platform")
 
 
 CELLS = {
@@ -53,6 +58,7 @@ def test_which_cells_fuse():
         eqrnn.SimpleCell(2, 3, residual=True, key=key),
     ):
         assert cell._fused_step() is not None, cell
+        assert cell._fused_step(hoisted=True) is not None, cell
     # Another nonlinearity, a projection, or a linear cell (which has its own
     # engine): the generic step.
     for cell in (
@@ -68,6 +74,7 @@ def test_which_cells_fuse():
         _OwnStep(2, 3, key=key),
     ):
         assert cell._fused_step() is None, cell
+        assert cell._fused_step(hoisted=True) is None, cell
 
 
 class _OwnStep(eqrnn.LSTMCell):

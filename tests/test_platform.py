@@ -100,7 +100,15 @@ def test_gpu_path_projects_every_input_before_the_loop(getkey):
 
 @pytest.mark.parametrize(
     ("platform", "num_steps", "expected"),
-    [("cpu", TIME, 1), ("gpu", TIME, 8), ("tpu", TIME, 8), ("gpu", 5, 5)],
+    [
+        ("cpu", TIME, 1),
+        ("cpu", 2048, 1),
+        ("gpu", TIME, 8),
+        ("tpu", TIME, 8),
+        ("gpu", 5, 5),
+        ("gpu", 1023, 8),
+        ("gpu", 1024, 16),
+    ],
 )
 def test_auto_unroll_is_the_platforms_choice(platform, num_steps, expected, getkey):
     cell = eqrnn.GRUCell(INPUT, HIDDEN, key=getkey())
@@ -141,12 +149,13 @@ def test_linear_scan_auto_unroll_and_mode_follow_the_platform():
 
 @pytest.mark.parametrize("remainder", [0, 3])
 def test_auto_unroll_program_depends_on_time_modulo_the_unroll_only(remainder):
-    # Compile time does not grow with the sequence: under the GPU's unroll of 8 the
-    # program for 100 000 steps is the one for 80, up to the leftover T mod 8.
+    # Compile time does not grow with the sequence: under the GPU's unroll of 16
+    # (from 1024 steps) the program for 100 000 steps is the one for 1040, up to the
+    # leftover T mod 16.
     with eqrnn.tuned_for("gpu"):
         sizes = [
             _program_size(eqrnn.LSTMCell, "auto", False, time + remainder, "auto")
-            for time in (80, LONG)
+            for time in (1040, LONG - LONG % 16)
         ]
     assert sizes[0] == sizes[1], sizes
 
