@@ -27,6 +27,7 @@ sequence grows. At the default sizes the whole run takes about 5 minutes on one 
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -117,7 +118,7 @@ def flax_case(rnn: eqrnn.RNN, lstm: bool, xs: Any) -> dict[str, Any]:
     from flax import nnx
 
     graphdef, params, rest = nnx.split(eqrnn.interop.to_flax(rnn), nnx.Param, ...)
-    hidden = rnn.cell.hidden_size  # pyright: ignore[reportAttributeAccessIssue]
+    hidden: int = getattr(rnn.cell, "hidden_size")  # noqa: B009
 
     def loss(params: Any, xs: Any) -> Any:
         zeros = jnp.zeros((xs.shape[0], hidden), xs.dtype)
@@ -259,7 +260,7 @@ def drift(steps_list: list[int]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cells", type=_names(("lstm", "gru")), default="lstm,gru")
     parser.add_argument(
         "--sizes", type=_names((*SIZES, *TINY)), default=",".join(SIZES)
@@ -304,6 +305,7 @@ def main() -> None:
         )
     if args.json:
         record = {
+            "argv": sys.argv,
             "machine": {
                 "jax": jax.__version__,
                 "backend": jax.default_backend(),

@@ -66,3 +66,28 @@ def test_allocator_study_runs_each_setting_in_its_own_process(tmp_path):
     assert report["machine"]["allocator_env"]["GLIBC_TUNABLES"] == (
         "glibc.malloc.hugetlb=1"
     )
+
+
+def test_accelerator_runs_every_row_and_cross_checks_the_losses(tmp_path):
+    path = tmp_path / "accelerator.json"
+    argv = [sys.executable, str(BENCHMARKS / "accelerator.py"), "--sizes", "tiny"]
+    argv += ["--unroll", "2", "--generic", "--cpu-path", "--reps", "1", "--drift"]
+    argv += ["--drift-steps", "3,6", "--json", str(path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(path.read_text())
+    impls = ["eqrnn", "eqrnn unroll=2", "eqrnn generic step", "eqrnn cpu path"]
+    impls += ["torch", "flax", "equinox"]
+    assert [(r["cell"], r["impl"]) for r in record["rows"]] == [
+        (cell, impl) for cell in ("lstm", "gru") for impl in impls
+    ]
+    for row in record["rows"]:
+        # The same weights and inputs everywhere: the losses agree.
+        assert row["loss_rel_diff"] < 1e-5, row
+        assert row["fwd_bwd_ms"] > 0 and row["vs_torch"] > 0
+    assert [(r["cell"], r["T"]) for r in record["drift"]] == [
+        (cell, steps) for cell in ("GRUCell", "LSTMCell") for steps in (3, 6)
+    ]
+    for row in record["drift"]:
+        assert 0 <= row["highest_rel_err"] < 1e-5, row
+    assert "LSTM T=12 B=3 I=4 H=5" in result.stdout

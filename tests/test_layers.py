@@ -105,7 +105,9 @@ def test_rnn_rejects_bad_settings(getkey, no_jaxtyping):
         eqrnn.RNN(3)  # pyright: ignore[reportArgumentType]
     with pytest.raises(TypeError, match="`reverse` must be a bool"):
         eqrnn.RNN(cell, reverse="yes")  # pyright: ignore[reportArgumentType]
-    with pytest.raises(ValueError, match="`unroll` must be 'auto', a positive int or a bool"):
+    with pytest.raises(
+        ValueError, match="`unroll` must be 'auto', a positive int or a bool"
+    ):
         eqrnn.RNN(cell, unroll=0)
     with pytest.raises(
         ValueError, match="`checkpoint` must be a bool or a positive int"

@@ -210,7 +210,9 @@ def test_bad_arguments_are_rejected_with_a_message(no_jaxtyping):
         eqrnn.linear_scan((a, a), b)  # pyright: ignore
     with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
         eqrnn.linear_scan(a, b, mode="chunked", chunk_size=0)
-    with pytest.raises(ValueError, match="`unroll` must be 'auto', a positive int or a bool"):
+    with pytest.raises(
+        ValueError, match="`unroll` must be 'auto', a positive int or a bool"
+    ):
         eqrnn.linear_scan(a, b, unroll=0)
     with pytest.raises(TypeError, match="`reverse` must be a bool"):
         eqrnn.linear_scan(a, b, reverse=1)  # pyright: ignore

@@ -10,6 +10,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.extend
 import jax.random as jr
 import pytest
 
@@ -42,7 +43,8 @@ def _scans(fn: Any, *args: Any) -> list[Any]:
 
 
 def _loss(cell: Any, xs: Any) -> Any:
-    return jnp.sum(jax.vmap(eqrnn.RNN(cell))(xs))
+    outputs: Any = jax.vmap(eqrnn.RNN(cell))(xs)
+    return jnp.sum(outputs)
 
 
 _value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(_loss))

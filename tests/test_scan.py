@@ -339,7 +339,9 @@ def test_bad_static_options_are_rejected(gru, no_jaxtyping):
         ValueError, match="`checkpoint` must be a bool or a positive int"
     ):
         eqrnn.scan_last(gru, xs, checkpoint=0)
-    with pytest.raises(ValueError, match="`unroll` must be 'auto', a positive int or a bool"):
+    with pytest.raises(
+        ValueError, match="`unroll` must be 'auto', a positive int or a bool"
+    ):
         eqrnn.scan_last(gru, xs, unroll=0)
     with pytest.raises(TypeError, match="`reverse` must be a bool"):
         eqrnn.scan_last(gru, xs, reverse=1)  # pyright: ignore[reportArgumentType]
