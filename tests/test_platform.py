@@ -9,8 +9,8 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import jax.extend
+import jax.numpy as jnp
 import jax.random as jr
 import pytest
 
