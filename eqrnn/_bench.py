@@ -78,6 +78,7 @@ from ._lru import LRU, RGLRU
 from ._lstm import LSTMCell
 from ._mgu import MGUCell
 from ._min_rnn import MinGRU, MinLSTM
+from ._platform import Unroll
 from ._scan import scan_all_hidden
 from ._simple import SimpleCell
 
@@ -149,7 +150,7 @@ class BenchConfig:
     passes: tuple[str, ...] = PASSES
     reps: int = 10
     warmup: int = 2
-    unroll: int = 1
+    unroll: Unroll = "auto"
     checkpoint: bool | int = False
     checkpoint_study: bool = False
     parallel_study: bool = False
@@ -395,7 +396,7 @@ GENERIC = "eqrnn generic step"
 def build_eqrnn(
     problem: Problem,
     *,
-    unroll: int = 1,
+    unroll: Unroll = "auto",
     checkpoint: bool | int = False,
     name: str = "eqrnn",
     generic: bool = False,
@@ -1060,7 +1061,7 @@ def run_bench(config: BenchConfig, out: TextOut | None = None) -> dict[str, Any]
         print(f"peak MiB, JAX: {JAX_MEMORY_METHOD}.", file=stream)
         if "torch" in peers:
             print(f"peak MiB, torch: {TORCH_MEMORY_METHOD}.", file=stream)
-        if config.unroll != 1 or config.checkpoint is not False:
+        if config.unroll != "auto" or config.checkpoint is not False:
             print(
                 f"eqrnn options: unroll={config.unroll}, "
                 f"checkpoint={config.checkpoint}.",

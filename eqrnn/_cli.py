@@ -146,6 +146,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _unroll(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -232,9 +236,10 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
     )
     bench.add_argument(
         "--unroll",
-        type=_positive_int,
-        default=1,
-        help="eqrnn only: steps unrolled per lax.scan iteration (default 1)",
+        type=_unroll,
+        default="auto",
+        help="eqrnn only: steps unrolled per lax.scan iteration, a positive int or "
+        "'auto' (the default: the platform's choice)",
     )
     bench.add_argument(
         "--checkpoint",
@@ -339,7 +344,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         )
     if args.checkpoint_study and args.sizes:
         error("--checkpoint-study takes --size T,B,I,H, not --sizes")
-    if (parallel or long) and (args.unroll != 1 or args.checkpoint is not False):
+    if (parallel or long) and (args.unroll != "auto" or args.checkpoint is not False):
         error(
             f"--unroll and --checkpoint do not apply to {study_name} (--long-study "
             "runs checkpoint=True and checkpoint=False)"

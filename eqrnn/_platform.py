@@ -99,7 +99,7 @@ def auto_mode() -> str:
 
 
 def check_unroll(unroll: Any, where: str) -> None:
-    if unroll == "auto" and isinstance(unroll, str):
+    if isinstance(unroll, str) and unroll == "auto":
         return
     if isinstance(unroll, bool):
         return
@@ -113,4 +113,4 @@ def check_unroll(unroll: Any, where: str) -> None:
 
 def resolve_unroll(unroll: Unroll, num_steps: int) -> int | bool:
     """`unroll` as `jax.lax.scan` takes it: `"auto"` made concrete."""
-    return auto_unroll(num_steps) if unroll == "auto" else unroll
+    return auto_unroll(num_steps) if isinstance(unroll, str) else unroll

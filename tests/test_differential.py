@@ -53,7 +53,7 @@ pytestmark = [pytest.mark.differential, pytest.mark.usefixtures("each_platform")
 KINDS = ("rnn_tanh", "rnn_relu", "gru", "lstm", "lstm_proj")
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # `(unroll, checkpoint)` of every `RNN` in the stack; the first is from_torch's own.
-SCAN_OPTIONS = ((1, False), (2, False), (1, True), (True, 3))
+SCAN_OPTIONS = (("auto", False), (1, False), (2, False), (1, True), (True, 3))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Draw:
     nan_padding: bool
     empty_sequence: bool  # eqrnn also runs a sequence of length 0
     grads: bool
-    scan_options: tuple[int | bool, bool | int]
+    scan_options: tuple[int | bool | str, bool | int]
     scale: float  # weights ~ N(0, scale^2)
     seed: int
 
