@@ -444,6 +444,20 @@ def test_flax_round_trip_is_exact(name, getkey):
     assert _bitwise_equal(from_flax(back), converted)
 
 
+@pytest.mark.parametrize(
+    ("flax_unroll", "eqrnn_unroll"), [(1, "auto"), (4, 4), (True, True)]
+)
+def test_flax_unroll_maps_its_default_to_auto(flax_unroll, eqrnn_unroll):
+    # Flax's default (1) is no choice of the user's: it becomes eqrnn's default, the
+    # platform's choice, and back; any other value is kept.
+    module = nnx.RNN(_flax_cell("gru", 0), unroll=flax_unroll)
+    converted = from_flax(module)
+    assert type(converted.unroll) is type(eqrnn_unroll)
+    assert converted.unroll == eqrnn_unroll
+    back = to_flax(converted)
+    assert type(back.unroll) is type(flax_unroll) and back.unroll == flax_unroll
+
+
 def test_to_flax_lstm_type_picks_the_flax_class(getkey):
     cell = random_params(eqrnn.LSTMCell(INPUT, HIDDEN, key=getkey()), getkey())
     plain = to_flax(cell)
