@@ -2,10 +2,12 @@
 
 `scan_last` and `scan_all_hidden` run the step returned by a cell's `_fused_step()`
 when it has one: `SimpleCell`, `GRUCell`, `LSTMCell` (without `proj_size`) and
-`MGUCell` with their default nonlinearities, where the input projection is made
-inside each step (on the CPU). It computes what `step` computes, in a form that XLA's
-CPU backend runs faster, forward and backward; each choice was measured with
-`eqrnn bench`, `benchmarks/fused_vs_generic.py` and XLA's profile (BENCHMARKS.md):
+`MGUCell` with their default nonlinearities. On the CPU each step projects its own
+input; on GPU and TPU (`_fused_step(hoisted=True)`) the inputs of all steps are
+projected before the loop. It computes what `step` computes, in a form that XLA runs
+faster, forward and backward; each choice was measured with `eqrnn bench`,
+`benchmarks/fused_vs_generic.py`, XLA's profile and, on a GPU,
+`benchmarks/accelerator.py` (BENCHMARKS.md):
 
 - Matmuls whose weight operand is laid out for the product: `x @ w_t` with
   `w_t = weight.T` materialised once before the loop, and a tangent rule whose

@@ -97,6 +97,27 @@ def getkey(request):
     return _getkey
 
 
+def _memory_mappings() -> int:
+    try:
+        with open("/proc/self/maps") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Drop every compiled program once this process holds many memory mappings.
+
+    XLA's CPU backend maps memory for each compiled kernel and keeps it while the
+    program is cached; a test worker that kept the whole suite's programs reached
+    Linux's `vm.max_map_count` (65530 by default), and then compilation failed
+    ("LLVM compilation error: Cannot allocate memory") and the worker crashed."""
+    yield
+    if _memory_mappings() > 30_000:
+        jax.clear_caches()
+
+
 @pytest.fixture(params=PLATFORMS)
 def each_platform(request):
     """Run the test under each platform's choices (`eqrnn.tuned_for`)."""
