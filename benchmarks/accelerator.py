@@ -26,6 +26,7 @@ sequence grows. At the default sizes the whole run takes about 5 minutes on one 
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -39,7 +40,12 @@ import jax.random as jr
 import numpy as np
 
 import eqrnn
-from eqrnn._fused import generic_step_options
+
+
+# `_harness` sits next to this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import generic_step_options
 
 
 # (cell, T, B, I, H): the sizes of BENCHMARKS.md's accelerator table.
@@ -124,7 +130,8 @@ def flax_case(rnn: eqrnn.RNN, lstm: bool, xs: Any) -> dict[str, Any]:
         zeros = jnp.zeros((xs.shape[0], hidden), xs.dtype)
         # An explicit carry: Flax would otherwise draw it from the module's Rngs.
         carry = (zeros, zeros) if lstm else zeros
-        module = nnx.merge(graphdef, params, rest)
+        # Typed Any: nnx.RNN's return type also covers `return_carry=True`.
+        module: Any = nnx.merge(graphdef, params, rest)
         return jnp.sum(module(xs, initial_carry=carry))
 
     return _jax_case(loss, params, xs)
@@ -166,8 +173,9 @@ def bench_size(
 
     def make(**options: Any) -> Any:
         cell = cls(input_size, hidden, dtype=jnp.float32, key=keys[0], **options)
-        if kind == "gru":
+        if isinstance(cell, eqrnn.GRUCell):
             # Flax's GRUCell has no b_hn.
+            assert cell.bias_hn is not None
             zeros = jnp.zeros_like(cell.bias_hn)
             cell = eqx.tree_at(lambda c: c.bias_hn, cell, zeros)
         return cell

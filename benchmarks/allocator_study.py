@@ -1,4 +1,4 @@
-"""`eqrnn bench` against PyTorch under each setting of glibc's allocator.
+"""`benchmarks/bench.py` against PyTorch under each setting of glibc's allocator.
 
 XLA and PyTorch both take their large CPU buffers from the C library's `malloc`.
 With glibc's defaults a buffer above the mmap threshold (at most 32 MiB), or one in
@@ -6,7 +6,7 @@ a thread's arena that empties, is freshly mapped on every call and returned to t
 kernel when freed, so every call pays a page fault per 4 KiB the first time it
 touches it (a few ms per 32 MiB here). The glibc tunables below change that, and
 they change PyTorch's times far more than XLA's, which decides how a speed
-comparison between the two comes out. Each setting runs `eqrnn bench` in a fresh
+comparison between the two comes out. Each setting runs `bench.py` in a fresh
 process (the tunables are read at start-up), settings interleaved over `--rounds`
 rounds:
 
@@ -25,8 +25,14 @@ import sys
 import tempfile
 from typing import Any
 
-from eqrnn._bench import SIZES
-from eqrnn._cli import _positive_int, _size
+
+# `_harness` and `bench.py` sit next to this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import SIZES, parse_size, positive_int
+
+
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench.py")
 
 
 # Larger than any heap this machine can hold: freed memory is never trimmed.
@@ -47,14 +53,14 @@ SETTINGS = {
 
 
 def run_bench(tunables: str, bench_args: list[str]) -> dict[str, Any]:
-    """One `eqrnn bench` process with `GLIBC_TUNABLES=tunables`; its JSON report."""
+    """One `bench.py` process with `GLIBC_TUNABLES=tunables`; its JSON report."""
     env = dict(os.environ)
     env.pop("GLIBC_TUNABLES", None)
     if tunables:
         env["GLIBC_TUNABLES"] = tunables
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.json")
-        argv = [sys.executable, "-m", "eqrnn", "bench", *bench_args, "--json", path]
+        argv = [sys.executable, BENCH, *bench_args, "--json", path]
         subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
         with open(path) as f:
             return json.load(f)
@@ -77,8 +83,8 @@ def best_medians(reports: list[dict[str, Any]]) -> dict[tuple[str, ...], float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=str(__doc__).splitlines()[0])
-    parser.add_argument("--rounds", type=_positive_int, default=2)
-    parser.add_argument("--reps", type=_positive_int, default=5)
+    parser.add_argument("--rounds", type=positive_int, default=2)
+    parser.add_argument("--reps", type=positive_int, default=5)
     parser.add_argument(
         "--cells", nargs="+", choices=["lstm", "gru"], default=["lstm", "gru"]
     )
@@ -86,7 +92,7 @@ def main() -> None:
         "--sizes", nargs="+", choices=list(SIZES), default=["mid", "large"]
     )
     parser.add_argument(
-        "--size", type=_size, help="T,B,I,H: a custom size instead of --sizes"
+        "--size", type=parse_size, help="T,B,I,H: a custom size instead of --sizes"
     )
     parser.add_argument(
         "--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS)
@@ -107,7 +113,7 @@ def main() -> None:
     best = {name: best_medians(runs) for name, runs in reports.items()}
 
     print(
-        f"eqrnn bench {' '.join(bench_args)}, one process per setting and round, "
+        f"bench.py {' '.join(bench_args)}, one process per setting and round, "
         f"{args.rounds} round(s) interleaved; ms = smallest median of the rounds"
     )
     for name in args.settings:

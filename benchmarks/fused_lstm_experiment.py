@@ -14,8 +14,8 @@ parameters and inputs):
 
     python benchmarks/fused_lstm_experiment.py --size mid --reps 7
 
-Not part of the library: see BENCHMARKS.md for the measured figures and why this path
-is not (yet) wired into the scan helpers. Those figures were taken when
+Not part of the library: see benchmarks/NOTES.md for the measured figures and why this
+path is not (yet) wired into the scan helpers. Those figures were taken when
 `scan_all_hidden` ran the generic step; it now runs `LSTMCell`'s fused step
 (`eqrnn._fused`), against which this kernel is 1.24x slower forward and 1.28x
 forward+backward (mid size, median of 5).

@@ -9,12 +9,15 @@ and inputs), vmapped over the batch:
 
     python benchmarks/fused_vs_generic.py --reps 7
 
-`eqrnn bench` shows the same for `LSTMCell` and `GRUCell` next to PyTorch, Flax and
-Equinox (its `eqrnn generic step` row); this script covers every built-in cell.
+`python benchmarks/bench.py` shows the same for `LSTMCell` and `GRUCell` next to
+PyTorch, Flax and Equinox (its `eqrnn generic step` row); this script covers every
+built-in cell.
 """
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -23,18 +26,23 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import eqrnn
-from eqrnn._bench import scan_loss
-from eqrnn._cli import _positive_int, _size
-from eqrnn._fused import generic_step_options
+
+
+# `_harness` sits next to this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import generic_step_options, parse_size, positive_int, scan_loss
 
 
 CELLS = (eqrnn.SimpleCell, eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MGUCell)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=_size, default="256,32,64,256", help="T,B,I,H")
-    parser.add_argument("--reps", type=_positive_int, default=7)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--size", type=parse_size, default="256,32,64,256", help="T,B,I,H"
+    )
+    parser.add_argument("--reps", type=positive_int, default=7)
     args = parser.parse_args()
     steps, batch, input_size, hidden = args.size
     xs = jr.normal(jr.key(1), (batch, steps, input_size), jnp.float32)

@@ -3,8 +3,8 @@
 Runs `eqrnn.scan_all_hidden` over a vmapped batch (forward, or forward+backward
 with gradients w.r.t. parameters and inputs) under `jax.profiler.trace`, reads the
 Perfetto trace it writes, and prints the thunks that took the most time, per call.
-This is how the fused step's choices in BENCHMARKS.md were found (the layout of the
-matmuls' weight operand, the elementwise passes, the arrays saved per step):
+This is how the fused step's choices were found (benchmarks/NOTES.md: the layout of
+the matmuls' weight operand, the elementwise passes, the arrays saved per step):
 
     python benchmarks/profile_scan.py --cell lstm --pass fwd_bwd
     python benchmarks/profile_scan.py --cell lstm --pass fwd_bwd --generic
@@ -20,6 +20,8 @@ import collections
 import glob
 import gzip
 import json
+import os
+import sys
 import tempfile
 
 import jax
@@ -27,21 +29,26 @@ import jax.numpy as jnp
 import jax.random as jr
 
 import eqrnn
-from eqrnn._bench import scan_loss
-from eqrnn._cli import _positive_int, _size
-from eqrnn._fused import generic_step_options
+
+
+# `_harness` sits next to this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import generic_step_options, parse_size, positive_int, scan_loss
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
     parser.add_argument(
         "--pass", dest="pass_", choices=["fwd", "fwd_bwd"], default="fwd"
     )
-    parser.add_argument("--size", type=_size, default="256,32,64,256", help="T,B,I,H")
+    parser.add_argument(
+        "--size", type=parse_size, default="256,32,64,256", help="T,B,I,H"
+    )
     parser.add_argument("--generic", action="store_true", help="the generic step")
-    parser.add_argument("--reps", type=_positive_int, default=3)
-    parser.add_argument("--top", type=_positive_int, default=20)
+    parser.add_argument("--reps", type=positive_int, default=3)
+    parser.add_argument("--top", type=positive_int, default=20)
     parser.add_argument("--hlo", help="write the optimised HLO to this file")
     args = parser.parse_args()
     steps, batch, input_size, hidden = args.size
@@ -54,7 +61,7 @@ def main() -> None:
     call = jax.jit(fn)
     if args.hlo:
         with open(args.hlo, "w") as f:
-            f.write(call.lower(params, xs).compile().as_text())
+            f.write(call.lower(params, xs).compile().as_text() or "")
     for _ in range(2):
         jax.block_until_ready(call(params, xs))
     with tempfile.TemporaryDirectory() as directory:

@@ -35,7 +35,7 @@ _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s#]+)(#[^)\s]*)?\)")
 
 def _unlink_repository_file(match: re.Match[str], files: Files) -> str:
     """A link from BENCHMARKS.md to a file of the repository that is not part of the
-    site (e.g. `eqrnn/_bench.py`) keeps its text and loses its target, which would
+    site (e.g. `benchmarks/bench.py`) keeps its text and loses its target, which would
     not resolve on the site."""
     target = match.group(2)
     if "://" in target or target.startswith(("/", "mailto:")):

@@ -1,9 +1,10 @@
 """eqrnn: recurrent networks for Equinox and JAX."""
 
-import importlib.metadata
+import importlib.metadata as _metadata
 
 from . import interop as interop
-from ._cell import AbstractCell as AbstractCell
+from ._adapter import CallableCell as CallableCell
+from ._cell import AbstractCell as AbstractCell, AbstractStepCell as AbstractStepCell
 from ._gru import GRUCell as GRUCell
 from ._layers import (
     RNN as RNN,
@@ -29,13 +30,15 @@ from ._training import (
 )
 
 
-__version__ = importlib.metadata.version("eqrnn")
+__version__ = _metadata.version("eqrnn")
 """The installed version of eqrnn, from the package metadata."""
 
 __all__ = [
     "AbstractCell",
     "AbstractLinearCell",
+    "AbstractStepCell",
     "Bidirectional",
+    "CallableCell",
     "GRUCell",
     "LRU",
     "LSTMCell",

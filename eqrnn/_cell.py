@@ -1,8 +1,8 @@
-"""The interface every eqrnn cell implements."""
+"""The interface every eqrnn cell implements, and the step-by-step family."""
 
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -11,23 +11,16 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._custom_types import Hidden, HiddenLike, Input
-from ._misc import (
-    check_hidden,
-    check_input,
-    check_same_dtype,
-    check_size,
-    gate_kernels,
-    make_bias,
-    resolve_dtype,
-)
+from ._loop import Plan, step_loop
+from ._misc import check_hidden, check_input, check_same_dtype
 
 
 class AbstractCell(eqx.Module):
-    """One step of a recurrent cell, for one example.
+    """One step of a recurrent cell for one example, and its loop over one sequence.
 
     Every eqrnn cell is called as `cell(input, hidden, *, key=None) -> hidden`, like
-    `equinox.nn.GRUCell`, and splits that step in two so that the scan helpers can
-    hoist the input-side work out of the time loop:
+    `equinox.nn.GRUCell`, and splits that step in two so that the input-side work
+    can leave the time loop:
 
     - `project_inputs(inputs)` maps inputs of shape `(..., input_size)` to
       everything the step needs from the input alone (for the built-in cells,
@@ -35,12 +28,20 @@ class AbstractCell(eqx.Module):
     - `step(projected, hidden)` does the rest of one time step.
 
     `cell(input, hidden)` is exactly `cell.step(cell.project_inputs(input), hidden)`
-    after checking the arguments.
+    after checking the arguments. A cell also says what its hidden state is
+    (`hidden_shapes`, `output`) and how a sequence runs through it (`run_sequence`,
+    which its family provides: `AbstractStepCell` for cells run one step after
+    another, `AbstractLinearCell` for cells whose recurrence is linear).
     """
 
     input_size: eqx.AbstractVar[int]
     hidden_size: eqx.AbstractVar[int]
     initial_hidden: eqx.AbstractVar[Any]
+    if TYPE_CHECKING:
+        modes: ClassVar[tuple[str, ...]]
+    else:
+        # The `mode`s of the scan helpers that this family runs in.
+        modes: eqx.AbstractClassVar[tuple[str, ...]]
 
     @abc.abstractmethod
     def project_inputs(
@@ -71,38 +72,55 @@ class AbstractCell(eqx.Module):
         The new hidden state.
         """
 
-    def _fused_step(self, hoisted: bool = False) -> Callable[[Array, Any], Any] | None:
-        """`(input, hidden) -> hidden`, the same step as `cell(input, hidden)` in a
-        form that runs faster inside a scan (see `eqrnn._fused`), or `None` where
-        this cell has none. With `hoisted`, it takes `project_inputs(input)` (made
-        for every step before the loop) in place of `input`, as `step` does. The
-        scan helpers call this once, before the time loop, so that the weights it
-        prepares are prepared once."""
-        del hoisted
-        return None
-
-    def _can_fuse(self, cls: type) -> bool:
-        """Whether `cls`'s fused step computes this cell's step: its nonlinearities
-        are the defaults (`gate_fn` sigmoid, `activation_fn` tanh, where it has
-        them), and it is `cls` or a subclass that overrides neither `step` nor
-        `project_inputs`."""
-        kind = type(self)
-        return (
-            getattr(self, "gate_fn", jax.nn.sigmoid) is jax.nn.sigmoid
-            and getattr(self, "activation_fn", jnp.tanh) is jnp.tanh
-            and kind.step is cls.step
-            and kind.project_inputs is cls.project_inputs
-        )
-
+    @abc.abstractmethod
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        """The shape of each array in the hidden state: one `(hidden_size,)` array
-        unless a cell says otherwise (LSTM: `(h, c)`)."""
-        return ((self.hidden_size,),)
+        """The shape of each array in the hidden state.
+
+        **Returns:**
+
+        One shape per array: `((hidden_size,),)` for a single array, two shapes
+        for `LSTMCell`'s `(h, c)`.
+        """
+
+    @abc.abstractmethod
+    def output(self, hidden: Any) -> Float[Array, " output_size"]:
+        """What the layer above sees of a hidden state.
+
+        **Arguments:**
+
+        - `hidden`: a hidden state of this cell.
+
+        **Returns:**
+
+        An array of shape `(output_size,)`: the hidden state itself, or for a cell
+        whose state is a tuple, its output part (`LSTMCell`: `h` of `(h, c)`).
+        """
+
+    @abc.abstractmethod
+    def run_sequence(
+        self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
+    ) -> tuple[Any, Any]:
+        """The loop over one sequence, as `scan_last` and `scan_all_hidden` run it.
+
+        **Arguments:**
+
+        - `inputs`: one sequence, zero at padded steps.
+        - `hidden`: the starting state.
+        - `plan`: the call's checked options (`eqrnn._loop.Plan`).
+
+        **Returns:**
+
+        `(final, stacked)`: the state after the last valid step and, if
+        `plan.stack`, every step's state on a leading time axis (zero at padding),
+        else `None`.
+        """
 
     @property
     def dtype(self) -> Any:
-        """The dtype of the cell's parameters (all share one)."""
-        return jax.tree.leaves(eqx.filter(self, eqx.is_inexact_array))[0].dtype
+        """The dtype of the cell's floating-point parameters (all share one), or
+        `None` for a cell without any."""
+        leaves = jax.tree.leaves(eqx.filter(self, eqx.is_inexact_array))
+        return leaves[0].dtype if leaves else None
 
     def init_hidden(self) -> Hidden:
         """The starting hidden state: zeros, or what `carry_init` drew at construction.
@@ -115,19 +133,6 @@ class AbstractCell(eqx.Module):
             return self.initial_hidden
         zeros = tuple(jnp.zeros(s, self.dtype) for s in self.hidden_shapes())
         return zeros[0] if len(zeros) == 1 else zeros  # pyright: ignore[reportReturnType]
-
-    def output(self, hidden: Hidden) -> Float[Array, " output_size"]:
-        """What the layer above sees of a hidden state: `h` (identity here).
-
-        **Arguments:**
-
-        - `hidden`: a hidden state of this cell.
-
-        **Returns:**
-
-        An array of shape `(hidden_size,)` (`(proj_size,)` for a projecting LSTM).
-        """
-        return hidden  # pyright: ignore[reportReturnType]
 
     def __call__(
         self, input: Input, hidden: HiddenLike, *, key: PRNGKeyArray | None = None
@@ -155,118 +160,58 @@ class AbstractCell(eqx.Module):
             return self.step(self.project_inputs(jnp.asarray(input)), hidden)  # pyright: ignore[reportArgumentType]
 
 
-def make_initial_hidden(
-    carry_init: Callable[..., Array] | None,
-    key: PRNGKeyArray,
-    shapes: tuple[tuple[int, ...], ...],
-    dtype: Any,
-) -> Hidden | None:
-    """Draw the starting hidden state from `carry_init`, or `None` for zeros."""
-    if carry_init is None:
-        return None
-    keys = jr.split(key, len(shapes))
-    arrays = tuple(
-        jnp.asarray(carry_init(k, s, dtype), dtype)
-        for k, s in zip(keys, shapes, strict=True)
-    )
-    return arrays[0] if len(arrays) == 1 else arrays  # pyright: ignore[reportReturnType]
+class AbstractStepCell(AbstractCell):
+    """A cell run over a sequence one step after another, by `jax.lax.scan`.
+
+    On top of `AbstractCell`'s methods it provides `fused_step(hoisted)`: the same
+    step in a form that runs faster inside the loop, or `None` to run `step`. Where
+    the platform projects inputs before the loop (GPU and TPU,
+    `eqrnn._platform.hoists_projection`), the step reads `project_inputs(input)`,
+    else the input itself.
+    """
+
+    modes: ClassVar[tuple[str, ...]] = ("auto", "sequential")
+
+    @abc.abstractmethod
+    def fused_step(self, hoisted: bool) -> Callable[[Array, Any], Any] | None:
+        """`(input, hidden) -> hidden`, the same step as `cell(input, hidden)` in a
+        form that runs faster inside a scan, or `None` where the cell has none.
+
+        **Arguments:**
+
+        - `hoisted`: the step takes `project_inputs(input)`, made for every step
+            before the loop, in place of `input` (as `step` does).
+
+        **Returns:**
+
+        The step, or `None`. It is made once, before the loop, so that the weights
+        it prepares are prepared once.
+        """
+
+    def run_sequence(
+        self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
+    ) -> tuple[Any, Any]:
+        hoisted = plan.hoist
+        xs = self.project_inputs(inputs) if hoisted else inputs
+        fused = self.fused_step(hoisted)
+
+        def call(x: Array, h: Any, k: Any) -> Any:
+            del k
+            if fused is not None:
+                return fused(x, h)
+            return self.step(x if hoisted else self.project_inputs(x), h)
+
+        return step_loop(call, xs, hidden, self.init_hidden(), plan)
 
 
-def init_input_gates(
-    cell: AbstractCell,
-    *,
-    input_size: int,
-    hidden_size: int,
-    num_gates: int,
-    use_bias: bool,
-    kernel_init: Callable[..., Array],
-    bias_init: Callable[..., Array],
-    carry_init: Callable[..., Array] | None,
-    dtype: Any,
-    keys: tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray],
-    **settings: Any,
-) -> Any:
-    """For the `__init__` of a cell whose gates read `weight_ih @ x + bias`: check
-    the sizes and `use_bias`, then set `input_size`, `hidden_size`, `use_bias`, the
-    `settings`, `weight_ih` (`num_gates` blocks), `bias` and `initial_hidden`, drawn
-    with `keys = (weight key, bias key, carry key)`. Returns the resolved dtype."""
-    name = type(cell).__name__
-    input_size = check_size("input_size", input_size)
-    hidden_size = check_size("hidden_size", hidden_size)
-    if not isinstance(use_bias, bool):
-        raise TypeError(f"{name}: `use_bias` must be a bool, got {use_bias!r}.")
-    dtype = resolve_dtype(dtype)
-    wkey, bkey, ckey = keys
-    cell.input_size = input_size
-    cell.hidden_size = hidden_size
-    cell.use_bias = use_bias  # pyright: ignore[reportAttributeAccessIssue]
-    for setting, value in settings.items():
-        setattr(cell, setting, value)
-    cell.weight_ih = gate_kernels(  # pyright: ignore[reportAttributeAccessIssue]
-        kernel_init, wkey, input_size, hidden_size, num_gates, dtype
-    )
-    size = num_gates * hidden_size
-    cell.bias = make_bias(bias_init, bkey, size, dtype) if use_bias else None  # pyright: ignore[reportAttributeAccessIssue]
-    cell.initial_hidden = make_initial_hidden(
-        carry_init, ckey, cell.hidden_shapes(), dtype
-    )
-    return dtype
-
-
-default_kernel_init = jax.nn.initializers.lecun_normal()
-default_recurrent_kernel_init = jax.nn.initializers.orthogonal()
-default_bias_init = jax.nn.initializers.zeros
-
-
-class StackedGatesCell(AbstractCell):
-    """A cell whose input projection is `weight_ih @ x + bias`, gates stacked on
-    axis 0 of its weights in PyTorch's layout. Its hidden state is one array unless
-    `hidden_shapes` says otherwise."""
+class AbstractStackedGatesCell(AbstractStepCell):
+    """A step-by-step cell whose input projection is `weight_ih @ x + bias`, gates
+    stacked on axis 0 of its weights in PyTorch's layout."""
 
     weight_ih: eqx.AbstractVar[Array]
     weight_hh: eqx.AbstractVar[Array]
     bias: eqx.AbstractVar[Array | None]
     use_bias: eqx.AbstractVar[bool]
-
-    def _init_parameters(
-        self,
-        *,
-        input_size: int,
-        hidden_size: int,
-        num_gates: int,
-        use_bias: bool,
-        kernel_init: Callable[..., Array],
-        recurrent_kernel_init: Callable[..., Array],
-        bias_init: Callable[..., Array],
-        carry_init: Callable[..., Array] | None,
-        dtype: Any,
-        key: PRNGKeyArray,
-        recurrent_size: int | None = None,
-        **settings: Any,
-    ) -> None:
-        """Check the sizes, draw the weights and set every field; for `__init__`."""
-        ikey, hkey, bkey, ckey = jr.split(key, 4)
-        dtype = init_input_gates(
-            self,
-            input_size=input_size,
-            hidden_size=hidden_size,
-            num_gates=num_gates,
-            use_bias=use_bias,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            carry_init=carry_init,
-            dtype=dtype,
-            keys=(ikey, bkey, ckey),
-            **settings,
-        )
-        self.weight_hh = gate_kernels(
-            recurrent_kernel_init,
-            hkey,
-            self.hidden_size if recurrent_size is None else recurrent_size,
-            self.hidden_size,
-            num_gates,
-            dtype,
-        )
 
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]
@@ -283,3 +228,34 @@ def affine(
     projection of every cell whose gates are linear maps of the input."""
     out = inputs @ weight.T
     return out if bias is None else out + bias
+
+
+def initial_hidden(
+    carry_init: Callable[..., Array] | None,
+    key: PRNGKeyArray,
+    shapes: tuple[tuple[int, ...], ...],
+    dtype: Any,
+) -> Any:
+    """The starting hidden state drawn from `carry_init`, or `None` for zeros."""
+    if carry_init is None:
+        return None
+    keys = jr.split(key, len(shapes))
+    arrays = tuple(
+        jnp.asarray(carry_init(k, s, dtype), dtype)
+        for k, s in zip(keys, shapes, strict=True)
+    )
+    return arrays[0] if len(arrays) == 1 else arrays  # pyright: ignore[reportReturnType]
+
+
+def has_default_nonlinearities(
+    activation_fn: Callable[..., Any], gate_fn: Callable[..., Any] = jax.nn.sigmoid
+) -> bool:
+    """Whether a built-in cell's fused step computes its step: its nonlinearities
+    are the defaults, `jax.nn.sigmoid` and `jnp.tanh` (the fused steps hard-code
+    them)."""
+    return gate_fn is jax.nn.sigmoid and activation_fn is jnp.tanh
+
+
+default_kernel_init = jax.nn.initializers.lecun_normal()
+default_recurrent_kernel_init = jax.nn.initializers.orthogonal()
+default_bias_init = jax.nn.initializers.zeros

@@ -1,29 +1,10 @@
-"""The fused step of the built-in cells in the scan helpers (a private fast path).
+"""The fused steps of the built-in cells: what each cell's `fused_step` returns.
 
-`scan_last` and `scan_all_hidden` run the step returned by a cell's `_fused_step()`
-when it has one: `SimpleCell`, `GRUCell`, `LSTMCell` (without `proj_size`) and
-`MGUCell` with their default nonlinearities. On the CPU each step projects its own
-input; on GPU and TPU (`_fused_step(hoisted=True)`) the inputs of all steps are
-projected before the loop. It computes what `step` computes, in a form that XLA runs
-faster, forward and backward; each choice was measured with `eqrnn bench`,
-`benchmarks/fused_vs_generic.py`, XLA's profile and, on a GPU,
-`benchmarks/accelerator.py` (BENCHMARKS.md):
-
-- Matmuls whose weight operand is laid out for the product: `x @ w_t` with
-  `w_t = weight.T` materialised once before the loop, and a tangent rule whose
-  transpose multiplies the cotangent by `weight` as stored. Autodiff of
-  `weight @ x` runs both products per step against a transposed operand, which
-  was the slowest part of the backward pass (XLA does not transpose the
-  loop-invariant weight once outside the loop).
-- (LSTM and GRU) All gates through one `tanh`: `sigmoid(x) = 0.5 * tanh(0.5 * x) +
-  0.5`, so the gate activations of a step are one elementwise pass over the
-  stacked pre-activations, not one pass per gate slice.
-- (LSTM and GRU) A hand-written tangent rule (`jax.custom_jvp`) for the
-  elementwise part of the step, arranged so that JAX's partial evaluation saves
-  few arrays for the backward pass (LSTM: 6 of size `hidden_size` per step,
-  against 13 for autodiff of `step`) and so that its transpose is a few
-  multiplies with no slicing and padding. Forward-mode (`jax.jvp`), reverse mode,
-  `vmap` and higher derivatives all go through it.
+Each computes what the cell's `step` computes, in a form XLA runs faster forward
+and backward: weights transposed once outside the loop with a tangent rule that
+multiplies by the stored weight (`matmul`), all gates through one `tanh`, and
+hand-written tangent rules that save few arrays for the backward pass. The
+measurements behind each choice: benchmarks/NOTES.md.
 """
 
 import inspect

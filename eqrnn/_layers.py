@@ -10,15 +10,11 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Shaped
 
-from ._custom_types import Inputs, Length
+from ._adapter import as_cell
+from ._custom_types import AnyHiddenLike, Inputs, Length
 from ._linear_scan import Mode
-from ._platform import Unroll, check_unroll
-from ._scan import (
-    check_cell_mode,
-    check_length,
-    chunk_length,
-    scan_with_final,
-)
+from ._platform import Unroll
+from ._scan import ScanOptions, check_length, run_scan
 
 
 def flip_sequence(
@@ -61,15 +57,6 @@ def flip_sequence(
         return jnp.flip(inputs, axis=0)
     t = jnp.arange(num_steps)
     return inputs[jnp.where(t < length, length - 1 - t, t)]
-
-
-def _outputs(cell: Any, hiddens: Any) -> Any:
-    """What the layer above sees of every step: `cell.output`, under vmap."""
-    if hasattr(cell, "output"):
-        return jax.vmap(cell.output)(hiddens)
-    if isinstance(hiddens, tuple):  # Equinox's LSTMCell: (h, c)
-        return hiddens[0]
-    return hiddens
 
 
 def _check_static(where: str, **flags: Any) -> None:
@@ -132,16 +119,10 @@ class RNN(eqx.Module):
         """
         if not callable(cell):
             raise TypeError(f"RNN: `cell` must be callable, got {type(cell).__name__}.")
-        _check_static(
-            "RNN",
-            reverse=reverse,
-            keep_order=keep_order,
-            return_hidden=return_hidden,
-            check_finite=check_finite,
+        _check_static("RNN", keep_order=keep_order, return_hidden=return_hidden)
+        ScanOptions("RNN", reverse, unroll, checkpoint, mode, check_finite).check_cell(
+            cell
         )
-        check_unroll(unroll, "RNN")
-        chunk_length(checkpoint, 1, "RNN")
-        check_cell_mode(cell, mode, "RNN")
         self.cell = cell
         self.reverse = reverse
         self.keep_order = keep_order
@@ -157,7 +138,7 @@ class RNN(eqx.Module):
         hidden: PyTree[Float[ArrayLike, "..."]] | None = None,
         *,
         length: Length | None = None,
-        resets: ArrayLike | None = None,
+        resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
         reverse: bool | None = None,
         keep_order: bool | None = None,
@@ -177,24 +158,47 @@ class RNN(eqx.Module):
         The outputs of every step, shape `(time, output_size)`, and the final hidden
         state.
         """
-        reverse = self.reverse if reverse is None else reverse
-        keep_order = self.keep_order if keep_order is None else keep_order
-        final, hiddens = scan_with_final(
-            self.cell,
+        return self._run(
             inputs,
             hidden,
             length=length,
-            reverse=reverse,
             resets=resets,
-            unroll=self.unroll,
-            checkpoint=self.checkpoint,
+            key=key,
+            reverse=reverse,
+            keep_order=keep_order,
+        )
+
+    def _run(
+        self,
+        inputs: Inputs,
+        hidden: PyTree[Float[ArrayLike, "..."]] | None,
+        *,
+        length: Any,
+        resets: Bool[ArrayLike, " time"] | None,
+        key: PRNGKeyArray | None,
+        reverse: bool | None,
+        keep_order: bool | None,
+        length_checked: bool = False,
+    ) -> tuple[Float[Array, "time output_size"], PyTree[Float[Array, "..."]]]:
+        """`run`; with `length_checked`, the caller has checked `length`."""
+        reverse = self.reverse if reverse is None else reverse
+        keep_order = self.keep_order if keep_order is None else keep_order
+        options = ScanOptions(
+            "RNN", reverse, self.unroll, self.checkpoint, self.mode, self.check_finite
+        )
+        cell = as_cell(self.cell, hidden, "RNN")
+        final, hiddens = run_scan(
+            cell,
+            inputs,
+            hidden,
+            options,
+            length=length,
+            resets=resets,
             key=key,
             stack=True,
-            where="RNN",
-            mode=self.mode,
-            check_finite=self.check_finite,
+            length_checked=length_checked,
         )
-        outputs = _outputs(self.cell, hiddens)
+        outputs = jax.vmap(cell.output)(hiddens)
         if reverse and not keep_order:
             outputs = flip_sequence(outputs, length)
         return outputs, final
@@ -252,13 +256,12 @@ class RNN(eqx.Module):
                 "RNN.step: a `reverse=True` layer reads the sequence backwards and "
                 "cannot be streamed one step at a time."
             )
-        if hasattr(self.cell, "init_hidden"):
-            start = self.init_hidden()
-        else:  # as in the scan helpers: cells without `init_hidden` restart at zero
-            start = jax.tree.map(jnp.zeros_like, hidden)
+        # As in the scan helpers: cells without `init_hidden` restart at zero.
+        cell = as_cell(self.cell, hidden, "RNN.step")
+        start = cell.init_hidden()
         hidden = jax.tree.map(lambda a, b: jnp.where(reset, a, b), start, hidden)
         new = self.cell(input, hidden, key=key)
-        return _outputs(self.cell, jax.tree.map(lambda a: a[None], new))[0], new
+        return cell.output(new), new
 
     def __call__(
         self,
@@ -266,7 +269,7 @@ class RNN(eqx.Module):
         *,
         hidden: PyTree[Float[ArrayLike, "..."]] | None = None,
         length: Length | None = None,
-        resets: ArrayLike | None = None,
+        resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> (
         Float[Array, "time output_size"]
@@ -385,7 +388,7 @@ class Bidirectional(eqx.Module):
     def run(
         self,
         inputs: Inputs,
-        hidden: tuple[Any, Any] | None = None,
+        hidden: tuple[AnyHiddenLike | None, AnyHiddenLike | None] | None = None,
         *,
         length: Length | None = None,
         key: PRNGKeyArray | None = None,
@@ -401,6 +404,20 @@ class Bidirectional(eqx.Module):
 
         The merged outputs and both final hidden states.
         """
+        inputs = jnp.asarray(inputs)
+        length = check_length(length, inputs.shape[0], "Bidirectional")
+        return self._run(inputs, hidden, length=length, key=key, length_checked=True)
+
+    def _run(
+        self,
+        inputs: Array,
+        hidden: tuple[AnyHiddenLike | None, AnyHiddenLike | None] | None,
+        *,
+        length: Any,
+        key: PRNGKeyArray | None,
+        length_checked: bool,
+    ) -> tuple[Float[Array, "time output_size"], tuple[Any, Any]]:
+        """`run`; with `length_checked`, the caller has checked `length`."""
         if hidden is None:
             hidden = (None, None)
         elif not (isinstance(hidden, tuple) and len(hidden) == 2):
@@ -408,14 +425,26 @@ class Bidirectional(eqx.Module):
                 "Bidirectional: `hidden` must be a pair `(forward_hidden, "
                 f"backward_hidden)`, got {type(hidden).__name__}."
             )
-        inputs = jnp.asarray(inputs)
-        length = check_length(length, inputs.shape[0], "Bidirectional")
         kf, kb = (None, None) if key is None else tuple(jr.split(key))
-        out_f, final_f = self.forward.run(
-            inputs, hidden[0], length=length, key=kf, reverse=False
+        out_f, final_f = self.forward._run(
+            inputs,
+            hidden[0],
+            length=length,
+            resets=None,
+            key=kf,
+            reverse=False,
+            keep_order=None,
+            length_checked=length_checked,
         )
-        out_b, final_b = self.backward.run(
-            inputs, hidden[1], length=length, key=kb, reverse=True, keep_order=True
+        out_b, final_b = self.backward._run(
+            inputs,
+            hidden[1],
+            length=length,
+            resets=None,
+            key=kb,
+            reverse=True,
+            keep_order=True,
+            length_checked=length_checked,
         )
         return self.merge(out_f, out_b), (final_f, final_b)
 
@@ -423,7 +452,7 @@ class Bidirectional(eqx.Module):
         self,
         inputs: Inputs,
         *,
-        hidden: tuple[Any, Any] | None = None,
+        hidden: tuple[AnyHiddenLike | None, AnyHiddenLike | None] | None = None,
         length: Length | None = None,
         key: PRNGKeyArray | None = None,
     ) -> (
@@ -516,7 +545,7 @@ class StackedRNN(eqx.Module):
         self,
         inputs: Inputs,
         *,
-        hidden: Sequence[Any] | None = None,
+        hidden: Sequence[AnyHiddenLike | None] | None = None,
         length: Length | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
@@ -567,7 +596,21 @@ class StackedRNN(eqx.Module):
             zip(self.layers, hidden, layer_keys, strict=True)
         ):
             run_key, drop_key = (None, None) if k is None else tuple(jr.split(k))
-            out, final = layer.run(x, h0, length=length, key=run_key)
+            if isinstance(layer, RNN):
+                out, final = layer._run(
+                    x,
+                    h0,
+                    length=length,
+                    resets=None,
+                    key=run_key,
+                    reverse=None,
+                    keep_order=None,
+                    length_checked=True,
+                )
+            else:
+                out, final = layer._run(
+                    x, h0, length=length, key=run_key, length_checked=True
+                )
             if self.residual and i > 0:
                 if out.shape != jnp.shape(x):
                     raise ValueError(

@@ -11,15 +11,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._cell import (
-    affine,
-    default_bias_init,
-    default_kernel_init,
-    init_input_gates,
-    make_initial_hidden,
-)
+from ._cell import affine, default_bias_init, default_kernel_init, initial_hidden
 from ._linear_cell import AbstractLinearCell
-from ._misc import check_size, gate_kernels, resolve_dtype
+from ._misc import check_bool, check_size, gate_kernels, optional_bias, resolve_dtype
 
 
 # `(y, x)`: the output and the complex state as `[Re x; Im x]`.
@@ -34,7 +28,7 @@ def _check_number(name: str, value: Any, where: str) -> float:
 
 def _compute_dtype(dtype: Any) -> Any:
     # Decay rates near 1 need more than bfloat16's 8 bits: 0.999 rounds to 1.
-    return jnp.promote_types(dtype, jnp.float32)
+    return jnp.float32 if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
 
 
 class LRU(AbstractLinearCell):
@@ -163,7 +157,7 @@ class LRU(AbstractLinearCell):
         self.C_re = (scale_c * c_re).astype(dtype)
         self.C_im = (scale_c * c_im).astype(dtype)
         self.D = gate_kernels(kernel_init, dkey, input_size, hidden_size, 1, dtype)
-        self.initial_hidden = make_initial_hidden(  # pyright: ignore[reportAttributeAccessIssue]
+        self.initial_hidden = initial_hidden(  # pyright: ignore[reportAttributeAccessIssue]
             carry_init, hkey, self.hidden_shapes(), dtype
         )
 
@@ -228,7 +222,7 @@ class LRU(AbstractLinearCell):
         y = x_re @ self.C_re.T - x_im @ self.C_im.T + skip
         return y, jnp.concatenate([x_re, x_im], axis=-1)
 
-    def output(self, hidden: LRUHidden) -> Float[Array, " hidden_size"]:  # pyright: ignore[reportIncompatibleMethodOverride]
+    def output(self, hidden: LRUHidden) -> Float[Array, " hidden_size"]:
         """What the layer above sees: the output $y$ of `(y, x)`.
 
         **Arguments:**
@@ -319,8 +313,8 @@ class RGLRU(AbstractLinearCell):
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
-        check_size("input_size", input_size)
-        check_size("hidden_size", hidden_size)
+        input_size = check_size("input_size", input_size)
+        hidden_size = check_size("hidden_size", hidden_size)
         if input_size != hidden_size:
             raise ValueError(
                 f"RGLRU: `input_size` must equal `hidden_size`, because the input is "
@@ -338,19 +332,17 @@ class RGLRU(AbstractLinearCell):
                 "RGLRU: `min_rad` and `max_rad` must satisfy 0 < min_rad < max_rad < "
                 f"1, got min_rad={min_rad}, max_rad={max_rad}."
             )
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.use_bias = check_bool("RGLRU", "use_bias", use_bias)
+        self.c = c
+        dtype = resolve_dtype(dtype)
         wkey, bkey, akey, ckey = jr.split(key, 4)
-        dtype = init_input_gates(
-            self,
-            input_size=input_size,
-            hidden_size=hidden_size,
-            num_gates=2,
-            use_bias=use_bias,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            carry_init=carry_init,
-            dtype=dtype,
-            keys=(wkey, bkey, ckey),
-            c=c,
+        self.weight_ih = gate_kernels(
+            kernel_init, wkey, input_size, hidden_size, 2, dtype
+        )
+        self.bias = optional_bias(use_bias, bias_init, bkey, 2 * hidden_size, dtype)
+        self.initial_hidden = initial_hidden(
+            carry_init, ckey, self.hidden_shapes(), dtype
         )
         unif = jr.uniform(
             akey, (hidden_size,), _compute_dtype(dtype), min_rad**2, max_rad**2
@@ -377,3 +369,33 @@ class RGLRU(AbstractLinearCell):
         a = jnp.exp(log_a)
         scale = jnp.sqrt(-jnp.expm1(2 * log_a))
         return a, scale * (i * x)
+
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,),)
+
+    def output(
+        self, hidden: Float[Array, " hidden_size"]
+    ) -> Float[Array, " hidden_size"]:
+        """What the layer above sees: the hidden state itself.
+
+        **Arguments:**
+
+        - `hidden`: a hidden state of this cell.
+
+        **Returns:**
+
+        `hidden`, of shape `(hidden_size,)`.
+        """
+        return hidden
+
+    def linear_state(
+        self, hidden: Float[Array, "*time hidden_size"]
+    ) -> Float[Array, "*time hidden_size"]:
+        return hidden
+
+    def hidden_from_state(
+        self,
+        state: Float[Array, "*time hidden_size"],
+        projected: Float[Array, "*time projected"],
+    ) -> Float[Array, "*time hidden_size"]:
+        return state

@@ -8,17 +8,26 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
-    StackedGatesCell,
+    AbstractStackedGatesCell,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
+    has_default_nonlinearities,
+    initial_hidden,
 )
 from ._custom_types import LSTMHidden
 from ._fused import laid_out, lstm_pointwise
-from ._misc import check_forget_bias, check_size, gate_kernels
+from ._misc import (
+    check_bool,
+    check_forget_bias,
+    check_size,
+    gate_kernels,
+    optional_bias,
+    resolve_dtype,
+)
 
 
-class LSTMCell(StackedGatesCell):
+class LSTMCell(AbstractStackedGatesCell):
     r"""A long short-term memory cell, with one fused matmul per step.
 
     $$\begin{aligned}
@@ -111,30 +120,33 @@ class LSTMCell(StackedGatesCell):
                     f"({hidden_size}), got {proj_size}."
                 )
         self.proj_size = proj_size
-        self._init_parameters(
-            input_size=input_size,
-            hidden_size=hidden_size,
-            num_gates=4,
-            use_bias=use_bias,
-            kernel_init=kernel_init,
-            recurrent_kernel_init=recurrent_kernel_init,
-            bias_init=bias_init,
-            carry_init=carry_init,
-            dtype=dtype,
-            key=key,
-            recurrent_size=proj_size,
-            gate_fn=gate_fn,
-            activation_fn=activation_fn,
+        self.input_size = input_size = check_size("input_size", input_size)
+        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size)
+        self.use_bias = check_bool("LSTMCell", "use_bias", use_bias)
+        self.gate_fn = gate_fn
+        self.activation_fn = activation_fn
+        dtype = resolve_dtype(dtype)
+        # The first four keys are those of the other cells; `weight_hr` takes a fifth.
+        ikey, hkey, bkey, ckey, rkey = jr.split(key, 5)
+        self.weight_ih = gate_kernels(
+            kernel_init, ikey, input_size, hidden_size, 4, dtype
         )
+        recurrent_size = hidden_size if proj_size is None else proj_size
+        self.weight_hh = gate_kernels(
+            recurrent_kernel_init, hkey, recurrent_size, hidden_size, 4, dtype
+        )
+        bias = optional_bias(use_bias, bias_init, bkey, 4 * hidden_size, dtype)
+        if bias is not None and forget_bias != 0:
+            bias = bias.at[hidden_size : 2 * hidden_size].add(forget_bias)
+        self.bias = bias
         self.weight_hr = (
             None
             if proj_size is None
-            else gate_kernels(
-                kernel_init, jr.fold_in(key, 2), hidden_size, proj_size, 1, self.dtype
-            )
+            else gate_kernels(kernel_init, rkey, hidden_size, proj_size, 1, dtype)
         )
-        if self.bias is not None and forget_bias != 0:
-            self.bias = self.bias.at[hidden_size : 2 * hidden_size].add(forget_bias)
+        self.initial_hidden = initial_hidden(
+            carry_init, ckey, self.hidden_shapes(), dtype
+        )
 
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         out = self.hidden_size if self.proj_size is None else self.proj_size
@@ -154,8 +166,10 @@ class LSTMCell(StackedGatesCell):
         h = o * self.activation_fn(c)
         return (h if self.weight_hr is None else self.weight_hr @ h), c
 
-    def _fused_step(self, hoisted: bool = False) -> Callable[[Array, Any], Any] | None:
-        if self.weight_hr is not None or not self._can_fuse(LSTMCell):
+    def fused_step(self, hoisted: bool) -> Callable[[Array, Any], Any] | None:
+        if self.weight_hr is not None or not has_default_nonlinearities(
+            self.activation_fn, self.gate_fn
+        ):
             return None
         if hoisted:
             recur = laid_out(self.weight_hh)
@@ -181,7 +195,7 @@ class LSTMCell(StackedGatesCell):
 
         return fused_step
 
-    def output(self, hidden: LSTMHidden) -> Float[Array, " output_size"]:  # pyright: ignore[reportIncompatibleMethodOverride]
+    def output(self, hidden: LSTMHidden) -> Float[Array, " output_size"]:
         """What the layer above sees: `h` of `(h, c)`.
 
         **Arguments:**

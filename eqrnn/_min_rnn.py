@@ -9,14 +9,16 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._cell import (
-    affine,
-    default_bias_init,
-    default_kernel_init,
-    init_input_gates,
-)
+from ._cell import affine, default_bias_init, default_kernel_init, initial_hidden
 from ._linear_cell import AbstractLinearCell
-from ._misc import check_forget_bias
+from ._misc import (
+    check_bool,
+    check_forget_bias,
+    check_size,
+    gate_kernels,
+    optional_bias,
+    resolve_dtype,
+)
 
 
 def positive_g(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -32,8 +34,9 @@ def _check_activation(name: str, activation_fn: Any) -> None:
         )
 
 
-class _MinCell(AbstractLinearCell):
-    """What minGRU and minLSTM share: every gate is a linear map of the input."""
+class AbstractMinCell(AbstractLinearCell):
+    """What minGRU and minLSTM share: every gate is a linear map of the input, and
+    the hidden state is the linear state."""
 
     weight_ih: eqx.AbstractVar[Array]
     bias: eqx.AbstractVar[Array | None]
@@ -43,8 +46,62 @@ class _MinCell(AbstractLinearCell):
     ) -> Float[Array, "*time projected"]:
         return affine(inputs, self.weight_ih, self.bias)
 
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,),)
 
-class MinGRU(_MinCell):
+    def output(
+        self, hidden: Float[Array, " hidden_size"]
+    ) -> Float[Array, " hidden_size"]:
+        """What the layer above sees: the hidden state itself.
+
+        **Arguments:**
+
+        - `hidden`: a hidden state of this cell.
+
+        **Returns:**
+
+        `hidden`, of shape `(hidden_size,)`.
+        """
+        return hidden
+
+    def linear_state(
+        self, hidden: Float[Array, "*time hidden_size"]
+    ) -> Float[Array, "*time hidden_size"]:
+        return hidden
+
+    def hidden_from_state(
+        self,
+        state: Float[Array, "*time hidden_size"],
+        projected: Float[Array, "*time projected"],
+    ) -> Float[Array, "*time hidden_size"]:
+        return state
+
+
+def _gate_parameters(
+    where: str,
+    input_size: int,
+    hidden_size: int,
+    num_gates: int,
+    use_bias: bool,
+    kernel_init: Callable[..., Array],
+    bias_init: Callable[..., Array],
+    dtype: Any,
+    wkey: PRNGKeyArray,
+    bkey: PRNGKeyArray,
+) -> tuple[int, int, Array, Array | None]:
+    """Checked sizes, `weight_ih` (from `wkey`) and `bias` (from `bkey`) of a cell
+    whose gates read the input only."""
+    input_size = check_size("input_size", input_size)
+    hidden_size = check_size("hidden_size", hidden_size)
+    check_bool(where, "use_bias", use_bias)
+    weight_ih = gate_kernels(
+        kernel_init, wkey, input_size, hidden_size, num_gates, dtype
+    )
+    bias = optional_bias(use_bias, bias_init, bkey, num_gates * hidden_size, dtype)
+    return input_size, hidden_size, weight_ih, bias
+
+
+class MinGRU(AbstractMinCell):
     r"""A minimal GRU (Feng et al. 2024, "Were RNNs All We Needed?", §3.1): a GRU
     whose gate and candidate read the input only, so that its recurrence is linear.
 
@@ -113,18 +170,24 @@ class MinGRU(_MinCell):
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
         _check_activation("MinGRU", activation_fn)
-        init_input_gates(
-            self,
-            input_size=input_size,
-            hidden_size=hidden_size,
-            num_gates=2,
-            use_bias=use_bias,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            carry_init=carry_init,
-            dtype=dtype,
-            keys=tuple(jr.split(key, 3)),
-            activation_fn=activation_fn,
+        dtype = resolve_dtype(dtype)
+        wkey, bkey, ckey = jr.split(key, 3)
+        self.input_size, self.hidden_size, self.weight_ih, self.bias = _gate_parameters(
+            "MinGRU",
+            input_size,
+            hidden_size,
+            2,
+            use_bias,
+            kernel_init,
+            bias_init,
+            dtype,
+            wkey,
+            bkey,
+        )
+        self.use_bias = use_bias
+        self.activation_fn = activation_fn
+        self.initial_hidden = initial_hidden(
+            carry_init, ckey, self.hidden_shapes(), dtype
         )
 
     def linear_coefficients(
@@ -137,7 +200,7 @@ class MinGRU(_MinCell):
         return jax.nn.sigmoid(-k), jax.nn.sigmoid(k) * candidate
 
 
-class MinLSTM(_MinCell):
+class MinLSTM(AbstractMinCell):
     r"""A minimal LSTM (Feng et al. 2024, "Were RNNs All We Needed?", §3.2): an LSTM
     whose gates and candidate read the input only, with the forget and input gates
     normalised to sum to one, so that its recurrence is linear and time-independent
@@ -213,21 +276,29 @@ class MinLSTM(_MinCell):
         """
         _check_activation("MinLSTM", activation_fn)
         check_forget_bias("MinLSTM", forget_bias, use_bias)
-        init_input_gates(
-            self,
-            input_size=input_size,
-            hidden_size=hidden_size,
-            num_gates=3,
-            use_bias=use_bias,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            carry_init=carry_init,
-            dtype=dtype,
-            keys=tuple(jr.split(key, 3)),
-            activation_fn=activation_fn,
+        dtype = resolve_dtype(dtype)
+        wkey, bkey, ckey = jr.split(key, 3)
+        input_size, hidden_size, self.weight_ih, bias = _gate_parameters(
+            "MinLSTM",
+            input_size,
+            hidden_size,
+            3,
+            use_bias,
+            kernel_init,
+            bias_init,
+            dtype,
+            wkey,
+            bkey,
         )
-        if self.bias is not None and forget_bias != 0:
-            self.bias = self.bias.at[: self.hidden_size].add(forget_bias)
+        if bias is not None and forget_bias != 0:
+            bias = bias.at[:hidden_size].add(forget_bias)
+        self.bias = bias
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.use_bias = use_bias
+        self.activation_fn = activation_fn
+        self.initial_hidden = initial_hidden(
+            carry_init, ckey, self.hidden_shapes(), dtype
+        )
 
     def linear_coefficients(
         self, projected: Float[Array, "*time three_hidden"]

@@ -75,6 +75,23 @@ def make_bias(
     return jnp.asarray(init(key, (size,), _draw_dtype(dtype)), dtype)
 
 
+def optional_bias(
+    use_bias: bool,
+    init: Callable[..., Array],
+    key: PRNGKeyArray,
+    size: int,
+    dtype: Any,
+) -> Array | None:
+    """A bias of `size` entries drawn from `init`, or `None` without `use_bias`."""
+    return make_bias(init, key, size, dtype) if use_bias else None
+
+
+def check_bool(where: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: `{name}` must be a bool, got {value!r}.")
+    return value
+
+
 def check_input(cell_name: str, input_size: int, input: Any) -> None:
     """Trace-time check of one step's input: one example, right width, floating."""
     shape = jnp.shape(input)
@@ -94,7 +111,9 @@ def check_input(cell_name: str, input_size: int, input: Any) -> None:
 
 def check_same_dtype(name: str, value: Any, dtype: Any, where: str) -> None:
     """Mixing dtypes is an error, not a silent cast: a hidden state keeps its dtype
-    only if everything it meets has that dtype."""
+    only if everything it meets has that dtype. (`dtype=None`: nothing to check.)"""
+    if dtype is None:
+        return
     for leaf in jax.tree.leaves(value):
         got = jnp.result_type(leaf)
         if got != dtype:

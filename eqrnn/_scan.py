@@ -1,10 +1,12 @@
 """`scan_last` and `scan_all_hidden`: a cell run over one sequence.
 
-Everything about time lives here: valid lengths, reversal, episode resets,
-checkpointing and picking a cell's fast sequence path (for cells whose recurrence is
-linear, the engine in `_linear_scan.py`).
+What every cell shares lives here: the arguments are checked once per public call,
+padding is zeroed once, half precision is widened, and `check_finite` reports; the
+loop itself is the cell's own `run_sequence`. Callables that are not eqrnn cells
+(Equinox's, a user's function) are wrapped in `CallableCell` first.
 """
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -17,47 +19,51 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray
 
+from ._adapter import as_cell, modes_of
 from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
-from ._linear_cell import AbstractLinearCell
-from ._linear_scan import (
-    Mode,
-    check_mode,
-    linear_scan_final,
-    mask_coefficients,
-    resolve_mode,
-)
-from ._misc import check_same_dtype
+from ._linear_scan import Mode, check_mode, resolve_mode
+from ._loop import Plan
+from ._misc import check_bool, check_same_dtype
 from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
 
 
-def _tree_where(pred: Array, on_true: Any, on_false: Any) -> Any:
-    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+@dataclasses.dataclass(frozen=True)
+class ScanOptions:
+    """The static options of one scan helper or `RNN`, checked when made; `where`
+    names the public function in error messages."""
+
+    where: str
+    reverse: bool = False
+    unroll: Unroll = "auto"
+    checkpoint: bool | int = False
+    mode: Mode = "auto"
+    check_finite: bool = False
+
+    def __post_init__(self) -> None:
+        where = self.where
+        check_bool(where, "reverse", self.reverse)
+        check_bool(where, "check_finite", self.check_finite)
+        check_unroll(self.unroll, where)
+        chunk_length(self.checkpoint, 1, where)
+        check_mode(self.mode, where)
+
+    def check_cell(self, cell: Any) -> None:
+        """That `cell` runs in `mode`."""
+        if self.mode not in modes_of(cell):
+            raise ValueError(
+                f"{self.where}: `mode={self.mode!r}` needs a cell whose recurrence is "
+                "linear in its state (an `eqrnn.AbstractLinearCell` such as `MinGRU`, "
+                f"`MinLSTM`, `LRU` or `RGLRU`); {type(cell).__name__} is not, and "
+                "runs one step at a time: use mode='auto' or mode='sequential'."
+            )
 
 
-def _zeros_like_hidden(cell: Any, hidden: Any, where: str) -> Any:
-    """A starting state for a cell that has no `init_hidden` (e.g. Equinox's)."""
-    if hidden is not None:
-        return jax.tree.map(jnp.zeros_like, hidden)
-    if isinstance(cell, eqx.nn.LSTMCell):
-        zeros = jnp.zeros(cell.hidden_size, cell.weight_hh.dtype)
-        return (zeros, zeros)
-    if isinstance(cell, eqx.nn.GRUCell):
-        return jnp.zeros(cell.hidden_size, cell.weight_hh.dtype)
-    raise TypeError(
-        f"{where}: `hidden` is None and the cell {type(cell).__name__} has no "
-        "`init_hidden()` method, so the starting state is unknown: pass `hidden`."
-    )
-
-
-def _initial_hidden(cell: Any, hidden: Any, where: str) -> tuple[Any, Any]:
-    """`(start, reset_state)`: where the scan starts, and what `resets` go back to."""
-    if hasattr(cell, "init_hidden"):
-        reset_state = cell.init_hidden()
-    else:
-        reset_state = _zeros_like_hidden(cell, hidden, where)
+def _check_hidden(cell: AbstractCell, hidden: Any, where: str) -> Any:
+    """The starting state: `hidden` checked against the cell's, or the cell's."""
+    reset_state = cell.init_hidden()
     if hidden is None:
-        return reset_state, reset_state
+        return reset_state
     expected = jax.tree.structure(reset_state)
     got = jax.tree.structure(hidden)
     exp_shapes = [jnp.shape(x) for x in jax.tree.leaves(reset_state)]
@@ -75,12 +81,12 @@ def _initial_hidden(cell: Any, hidden: Any, where: str) -> tuple[Any, Any]:
                 f"{where}: `hidden` must hold floating-point arrays, got dtype "
                 f"{jnp.result_type(leaf)}."
             )
-    return hidden, reset_state
+    return hidden
 
 
-def _check_inputs(cell: Any, inputs: Any, where: str) -> Array:
+def _check_inputs(cell: AbstractCell, inputs: Any, where: str) -> Array:
     inputs = jnp.asarray(inputs)
-    input_size = getattr(cell, "input_size", None)
+    input_size = cell.input_size
     width = "input_size" if input_size is None else f"input_size={input_size}"
     if inputs.ndim != 2 or (input_size is not None and inputs.shape[1] != input_size):
         hint = ""
@@ -147,17 +153,6 @@ def _check_resets(resets: Any, num_steps: int, where: str) -> Array | None:
     return resets
 
 
-def check_cell_mode(cell: Any, mode: Any, where: str) -> None:
-    check_mode(mode, where)
-    if not isinstance(cell, AbstractLinearCell) and mode not in ("auto", "sequential"):
-        raise ValueError(
-            f"{where}: `mode={mode!r}` needs a cell whose recurrence is linear in its "
-            "state (an `eqrnn.AbstractLinearCell` such as `MinGRU`, `MinLSTM`, `LRU` "
-            f"or `RGLRU`); {type(cell).__name__} is not, and runs one step at a "
-            "time: use mode='auto' or mode='sequential'."
-        )
-
-
 def chunk_length(checkpoint: Any, num_steps: int, where: str) -> int | None:
     if checkpoint is False:
         return None
@@ -171,201 +166,73 @@ def chunk_length(checkpoint: Any, num_steps: int, where: str) -> int | None:
     )
 
 
-def scan_with_final(
-    cell: Callable[..., Any],
+def run_scan(
+    cell: AbstractCell,
     inputs: Any,
     hidden: Any,
-    *,
-    stack: bool,
-    where: str,
-    check_finite: bool = False,
-    **options: Any,
-) -> tuple[Any, Any]:
-    """The final hidden state and (if `stack`) every step's, stacked; `where` names
-    the public function in error messages. `options`: `length`, `reverse`, `resets`,
-    `unroll`, `checkpoint`, `key` and `mode`, as the public functions take them."""
-    if not isinstance(check_finite, bool):
-        raise TypeError(
-            f"{where}: `check_finite` must be a bool, got {check_finite!r}."
-        )
-    final, hiddens = _scan(
-        cell, inputs, hidden, stack=stack or check_finite, where=where, **options
-    )
-    if check_finite:
-        _raise_at_first_nonfinite(
-            hiddens, jnp.asarray(inputs), options["reverse"], where
-        )
-    return final, (hiddens if stack else None)
-
-
-def _scan(
-    cell: Callable[..., Any],
-    inputs: Any,
-    hidden: Any,
+    options: ScanOptions,
     *,
     length: Any,
-    reverse: bool,
     resets: Any,
-    unroll: Unroll,
-    checkpoint: bool | int,
     key: PRNGKeyArray | None,
     stack: bool,
-    where: str,
-    mode: str = "auto",
+    length_checked: bool = False,
 ) -> tuple[Any, Any]:
-    """`scan_with_final` without `check_finite`: check the arguments once, then
-    `_run` (in float32 for a half-precision cell)."""
-    if not callable(cell):
-        raise TypeError(f"{where}: `cell` must be callable, got {type(cell).__name__}.")
-    if not isinstance(reverse, bool):
-        raise TypeError(f"{where}: `reverse` must be a bool, got {reverse!r}.")
-    check_unroll(unroll, where)
-    check_cell_mode(cell, mode, where)
+    """`(final, stacked)` of `cell` (already an eqrnn cell: see `as_cell`) over one
+    sequence: the arguments checked once, padding zeroed once, then the cell's own
+    `run_sequence` (in float32 for a half-precision cell). `stacked` is `None`
+    unless `stack`. With `length_checked`, `length` was checked by the caller."""
+    where = options.where
+    options.check_cell(cell)
     inputs = _check_inputs(cell, inputs, where)
     num_steps = inputs.shape[0]
-    hidden, reset_state = _initial_hidden(cell, hidden, where)
-    length = check_length(length, num_steps, where)
+    hidden = _check_hidden(cell, hidden, where)
+    if not length_checked:
+        length = check_length(length, num_steps, where)
     resets = _check_resets(resets, num_steps, where)
-    chunk = chunk_length(checkpoint, num_steps, where)
+    chunk = chunk_length(options.checkpoint, num_steps, where)
+    check_same_dtype("inputs", inputs, cell.dtype, where)
+    check_same_dtype("hidden", hidden, cell.dtype, where)
 
     valid = None if length is None else jnp.arange(num_steps) < length
     if valid is not None:
         # Padding is replaced by zeros before the cell sees it, so that NaN or inf
         # there reaches neither the state nor (through `where`) any gradient.
         inputs = jnp.where(valid[:, None], inputs, jnp.zeros((), inputs.dtype))
-
-    options: dict[str, Any] = dict(
+    plan = Plan(
         valid=valid,
-        resets=resets,
         length=length,
+        resets=resets,
+        keys=None if key is None else jr.split(key, num_steps),
+        reverse=options.reverse,
+        stack=stack or options.check_finite,
+        unroll=resolve_unroll(options.unroll, num_steps if chunk is None else chunk),
         chunk=chunk,
-        key=key,
-        reverse=reverse,
-        unroll=unroll,
-        stack=stack,
-        mode=mode,
+        mode=resolve_mode(options.mode),
+        hoist=hoists_projection(),
+        where=where,
     )
-    if isinstance(cell, AbstractCell):
-        check_same_dtype("inputs", inputs, cell.dtype, where)
-        check_same_dtype("hidden", hidden, cell.dtype, where)
-        if _is_half(cell.dtype):
-            return _half_precision_run(cell, inputs, hidden, reset_state, options)
-    return _run(cell, inputs, hidden, reset_state, **options)
-
-
-def _run(
-    cell: Callable[..., Any],
-    inputs: Array,
-    hidden: Any,
-    reset_state: Any,
-    *,
-    valid: Array | None,
-    resets: Array | None,
-    length: Array | None,
-    chunk: int | None,
-    key: PRNGKeyArray | None,
-    reverse: bool,
-    unroll: Unroll,
-    stack: bool,
-    mode: str,
-) -> tuple[Any, Any]:
-    """The scan itself, on checked arguments (`inputs` already zero at padding)."""
-    num_steps = inputs.shape[0]
-    unroll = resolve_unroll(unroll, num_steps if chunk is None else chunk)
-    xs = inputs
-    if isinstance(cell, AbstractCell):
-        # Whether the input projection of every step is made in one matmul before
-        # the loop: for a linear cell, whose engine needs every step's coefficients
-        # at once, unless checkpointed (each chunk then projects its own inputs);
-        # for the others, off the CPU (see `eqrnn._platform.hoists_projection`).
-        linear = isinstance(cell, AbstractLinearCell)
-        hoisted = chunk is None if linear else hoists_projection()
-        if hoisted:
-            xs = cell.project_inputs(inputs)
-        # The built-in step-by-step cells have a faster form of the step
-        # (`eqrnn._fused`), made here, outside the loop.
-        fused = None if linear else cell._fused_step(hoisted)
-
-        def call(x: Array, h: Any, k: Any) -> Any:
-            del k
-            if fused is not None:
-                return fused(x, h)
-            return cell.step(x if hoisted else cell.project_inputs(x), h)
+    if _is_half(cell.dtype):
+        final, hiddens = _half_precision_run(cell, inputs, hidden, plan)
     else:
-
-        def call(x: Array, h: Any, k: Any) -> Any:
-            return cell(x, h, key=k)
-
-    keys = None if key is None else jr.split(key, num_steps)
-
-    def body(carry: Any, step_in: Any) -> tuple[Any, Any]:
-        x, ok, reset, k = step_in
-        start = carry if reset is None else _tree_where(reset, reset_state, carry)
-        new = call(x, start, k)
-        if ok is None:
-            return new, (new if stack else None)
-        out = jax.tree.map(lambda n: jnp.where(ok, n, jnp.zeros_like(n)), new)
-        return _tree_where(ok, new, carry), (out if stack else None)
-
-    def run_steps(carry: Any, seq_in: Any) -> tuple[Any, Any]:
-        return jax.lax.scan(body, carry, seq_in, reverse=reverse, unroll=unroll)
-
-    seq_in = (xs, valid, resets, keys)
-    if not isinstance(cell, AbstractLinearCell):
-        if chunk is None:
-            return run_steps(hidden, seq_in)
-        return _checkpointed(run_steps, hidden, seq_in, chunk, reverse)
-
-    # A linear cell: the recurrence s_t = a_t s_{t-1} + b_t of every step at once.
-    # Padding and resets become coefficients, and the engine carries the linear state
-    # rather than the hidden state (they differ for `LRU`, whose hidden state also
-    # holds its output).
-    engine = resolve_mode(mode)
-    reset_linear = cell.linear_state(reset_state)
-    if chunk == 3 and engine != "sequential":
-        # Checkpointed chunks of 3 steps crash XLA's CPU backend (jax 0.10.2, a
-        # segfault at run time) in the compiled gradient of `LRU`, reversed, with
-        # resets, in these modes; chunks of 4 give the same numbers.
-        chunk = 4
-    # Checkpointed, each chunk projects its own inputs and returns its hidden
-    # states, so that nothing of size (time, projected) is stored for the backward
-    # pass; otherwise `xs` holds the projection of every step, made once above.
-    in_chunks = chunk is not None
-
-    def run_linear(carry: Any, seq_in: Any) -> tuple[Any, Any]:
-        x, ok, reset, _ = seq_in
-        projected = cell.project_inputs(x) if in_chunks else x
-        a, b = cell.linear_coefficients(projected)
-        a, b = mask_coefficients(a, b, ok, reset, reset_linear)
-        final, states = linear_scan_final(
-            a, b, carry, mode=engine, reverse=reverse, unroll=unroll, stack=stack
-        )
-        if in_chunks and states is not None:
-            states = cell.hidden_from_state(states, projected)
-        return final, states
-
-    start = cell.linear_state(hidden)
-    if chunk is None:
-        final, states = run_linear(start, seq_in)
-    else:
-        final, states = _checkpointed(run_linear, start, seq_in, chunk, reverse)
-    return _linear_hiddens(
-        cell, xs, in_chunks, hidden, final, states, length, valid, reverse
-    )
+        final, hiddens = cell.run_sequence(inputs, hidden, plan)
+    if options.check_finite:
+        _raise_at_first_nonfinite(hiddens, inputs, options.reverse, where)
+    return final, (hiddens if stack else None)
 
 
 def _is_half(dtype: Any) -> bool:
-    return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
+    return (
+        dtype is not None
+        and jnp.issubdtype(dtype, jnp.floating)
+        and jnp.finfo(dtype).bits < 32
+    )
 
 
 def _half_precision_run(
-    cell: AbstractCell,
-    inputs: Array,
-    hidden: Any,
-    reset_state: Any,
-    options: dict[str, Any],
+    cell: AbstractCell, inputs: Array, hidden: Any, plan: Plan
 ) -> tuple[Any, Any]:
-    """`_run` for a bfloat16/float16 cell, computed in float32.
+    """`cell.run_sequence` for a bfloat16/float16 cell, computed in float32.
 
     The parameters, inputs and states are widened to float32, every step and the
     carried state are float32, and the final and stacked states are rounded back to
@@ -376,11 +243,11 @@ def _half_precision_run(
     Gradients flow back through the casts in the cell's dtype.
     """
     dtype = cell.dtype
-    wide = jax.tree.map(
+    wide_cell, wide_inputs, wide_hidden = jax.tree.map(
         lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x,
-        (cell, inputs, hidden, reset_state),
+        (cell, inputs, hidden),
     )
-    final, hiddens = _run(*wide, **options)
+    final, hiddens = wide_cell.run_sequence(wide_inputs, wide_hidden, plan)
     return jax.tree.map(lambda x: x.astype(dtype), (final, hiddens))
 
 
@@ -424,78 +291,6 @@ def _report_nonfinite(bad: Any, input_ok: Any, *, reverse: bool, where: str) -> 
             f"at step {step}{which}, counting steps as indices of `inputs`; {cause}."
         )
         raise FloatingPointError(message)
-
-
-def _checkpointed(
-    run: Callable[[Any, Any], tuple[Any, Any]],
-    hidden: Any,
-    seq_in: tuple[Array, Array | None, Array | None, Array | None],
-    chunk: int,
-    reverse: bool,
-) -> tuple[Any, Any]:
-    """`run(hidden, seq_in)`, with the forward pass recomputed chunk by chunk in the
-    backward pass."""
-    xs, valid, resets, keys = seq_in
-    num_steps = xs.shape[0]
-
-    # Checkpointing: an outer scan over chunks of `chunk` steps stores only the
-    # state at chunk boundaries; each chunk's inner scan is recomputed in the
-    # backward pass. With chunk ~ sqrt(T), memory grows as sqrt(T), not T.
-    num_chunks = -(-num_steps // chunk)
-    pad = num_chunks * chunk - num_steps
-    if valid is None:
-        valid = jnp.ones(num_steps, bool)
-
-    def to_chunks(a: Array) -> Array:
-        a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
-        return a.reshape(num_chunks, chunk, *a.shape[1:])
-
-    chunked = jax.tree.map(to_chunks, (xs, valid, resets, keys))
-    final, outs = jax.lax.scan(jax.checkpoint(run), hidden, chunked, reverse=reverse)
-    outs = jax.tree.map(
-        lambda a: a.reshape(num_chunks * chunk, *a.shape[2:])[:num_steps], outs
-    )
-    return final, outs
-
-
-def _linear_hiddens(
-    cell: AbstractLinearCell,
-    xs: Array,
-    raw_inputs: bool,
-    hidden: Any,
-    final: Any,
-    states: Any,
-    length: Array | None,
-    valid: Array | None,
-    reverse: bool,
-) -> tuple[Any, Any]:
-    """The final hidden state and the stacked ones (zero at padded steps), from what
-    the engine returned: linear states, or, when `raw_inputs` (checkpointed: `xs`
-    are the inputs, not their projections), hidden states already."""
-    num_steps = xs.shape[0]
-    if num_steps == 0:
-        final = hidden
-    else:
-        # The last step that was run: its input completes the hidden state (`LRU`'s
-        # output y needs it); with no valid step the state is the starting one.
-        last = 0 if reverse else (num_steps - 1 if length is None else length - 1)
-        last_in = xs[jnp.maximum(last, 0)]
-        if raw_inputs:
-            last_in = cell.project_inputs(last_in)
-        final = cell.hidden_from_state(final, last_in)
-        if length is not None:
-            final = _tree_where(length > 0, final, hidden)
-    if states is None:
-        return final, None
-    hiddens = states if raw_inputs else cell.hidden_from_state(states, xs)
-    if valid is not None:
-        hiddens = jax.tree.map(
-            lambda h: jnp.where(
-                valid.reshape(-1, *(1,) * (h.ndim - 1)), h, jnp.zeros((), h.dtype)
-            ),
-            hiddens,
-        )
-    return final, hiddens
 
 
 def scan_last(
@@ -570,20 +365,16 @@ def scan_last(
     with the structure of `cell.init_hidden()`: shape `(hidden_size,)`, or for an LSTM
     the tuple `(h, c)`. With `length=0` it is the starting state.
     """
-    final, _ = scan_with_final(
-        cell,
+    options = ScanOptions("scan_last", reverse, unroll, checkpoint, mode, check_finite)
+    final, _ = run_scan(
+        as_cell(cell, hidden, "scan_last"),
         inputs,
         hidden,
+        options,
         length=length,
-        reverse=reverse,
         resets=resets,
-        unroll=unroll,
-        checkpoint=checkpoint,
         key=key,
         stack=False,
-        where="scan_last",
-        mode=mode,
-        check_finite=check_finite,
     )
     return final
 
@@ -665,19 +456,17 @@ def scan_all_hidden(
     `(hs, cs)` of two such arrays. Padded steps are zero. Use `cell.output` under
     `jax.vmap` (or `hiddens[0]` for an LSTM) to get what a layer above would see.
     """
-    _, hiddens = scan_with_final(
-        cell,
+    options = ScanOptions(
+        "scan_all_hidden", reverse, unroll, checkpoint, mode, check_finite
+    )
+    _, hiddens = run_scan(
+        as_cell(cell, hidden, "scan_all_hidden"),
         inputs,
         hidden,
+        options,
         length=length,
-        reverse=reverse,
         resets=resets,
-        unroll=unroll,
-        checkpoint=checkpoint,
         key=key,
         stack=True,
-        where="scan_all_hidden",
-        mode=mode,
-        check_finite=check_finite,
     )
     return hiddens

@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, PyTree, Scalar
+from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar, Shaped
 
 
 def _check_chunk_length(chunk_length: Any, num_steps: int) -> int:
@@ -40,12 +40,12 @@ def truncated_bptt(
     optimizer: Any,
     model: PyTree,
     opt_state: PyTree,
-    sequence: PyTree[Array],
-    hidden: PyTree[Array],
+    sequence: PyTree[Shaped[ArrayLike, "..."]],
+    hidden: PyTree[Float[ArrayLike, "..."]],
     *,
     chunk_length: int,
     time_axis: int = 0,
-) -> tuple[PyTree, PyTree, PyTree[Array], Array]:
+) -> tuple[PyTree, PyTree, PyTree[Float[Array, "..."]], Float[Array, " num_chunks"]]:
     """Train over a long sequence in chunks of `chunk_length` steps: one optimiser
     update per chunk, the hidden state carried from chunk to chunk, the gradient
     stopped at chunk boundaries. Memory grows with `chunk_length`, not with the length
@@ -183,7 +183,9 @@ def data_parallel_shardings(
     )
 
 
-def shard_batch(batch: PyTree[Array], sharding: NamedSharding) -> PyTree[Array]:
+def shard_batch(
+    batch: PyTree[Shaped[ArrayLike, "..."]], sharding: NamedSharding
+) -> PyTree[Shaped[Array, "..."]]:
     """Split every array of `batch` along its leading (batch) axis over the devices
     of `sharding`.
 

@@ -47,6 +47,9 @@ PLATFORMS = ["cpu", "gpu"]
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_default_matmul_precision", "highest")
+# As Equinox's tests do: no implicit promotion between dtypes (float32 with float64,
+# bfloat16 with float32, ...), so that a silent cast in the library fails a test.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 settings.register_profile(
     "ci",

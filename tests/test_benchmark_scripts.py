@@ -1,4 +1,5 @@
-"""The scripts in benchmarks/ that BENCHMARKS.md quotes still run (tiny sizes).
+"""The scripts in benchmarks/ that BENCHMARKS.md quotes still run (tiny sizes);
+`benchmarks/bench.py` has its own tests, tests/test_bench.py.
 
 Their figures are not checked here (performance claims live in the benchmarks, not
 in timed tests); only that they run and print what BENCHMARKS.md shows.
@@ -53,6 +54,7 @@ def test_allocator_study_runs_each_setting_in_its_own_process(tmp_path):
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    assert lines[0].startswith("bench.py --cells gru --peers torch --reps 1 --size ")
     assert lines[1] == "  hugetlb: GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
     rows = [line.split() for line in lines[3:]]
     assert [row[:3] for row in rows] == [

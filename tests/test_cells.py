@@ -14,39 +14,11 @@ import pytest
 import eqrnn
 
 from .helpers import assert_tree_allclose, random_params, tolerance
+from .registry import BY_CLASS, STEP_CELLS, sigmoid as _sigmoid
 
 
-CELLS = [eqrnn.SimpleCell, eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MGUCell]
-NUM_GATES = {eqrnn.SimpleCell: 1, eqrnn.GRUCell: 3, eqrnn.LSTMCell: 4, eqrnn.MGUCell: 2}
-
-
-def _sigmoid(x):
-    return 1 / (1 + np.exp(-x))
-
-
-def _numpy_step(cell, x, hidden):
-    """The cell's equations written out in NumPy, from the docstrings."""
-    wi, wh = np.asarray(cell.weight_ih), np.asarray(cell.weight_hh)
-    b = np.asarray(cell.bias)
-    hs = cell.hidden_size
-    if isinstance(cell, eqrnn.SimpleCell):
-        return np.tanh(wi @ x + wh @ hidden + b)
-    if isinstance(cell, eqrnn.GRUCell):
-        gi, gh = wi @ x + b, wh @ hidden
-        r = _sigmoid(gi[:hs] + gh[:hs])
-        z = _sigmoid(gi[hs : 2 * hs] + gh[hs : 2 * hs])
-        n = np.tanh(gi[2 * hs :] + r * (gh[2 * hs :] + np.asarray(cell.bias_hn)))
-        return (1 - z) * n + z * hidden
-    if isinstance(cell, eqrnn.LSTMCell):
-        h, c = hidden
-        g = wi @ x + wh @ h + b
-        i, f, gg, o = (g[k * hs : (k + 1) * hs] for k in range(4))
-        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
-        return _sigmoid(o) * np.tanh(c), c
-    assert isinstance(cell, eqrnn.MGUCell)
-    f = _sigmoid(wi[:hs] @ x + wh[:hs] @ hidden + b[:hs])
-    n = np.tanh(wi[hs:] @ x + wh[hs:] @ (f * hidden) + b[hs:])
-    return (1 - f) * hidden + f * n
+CELLS = STEP_CELLS
+NUM_GATES = {cls: BY_CLASS[cls].num_gates for cls in CELLS}
 
 
 def _call(cell, x, hidden):
@@ -58,7 +30,9 @@ def test_cell_equals_numpy_equations_in_float64(cls, getkey):
     cell = random_params(cls(3, 4, key=getkey()), getkey())
     x = jr.normal(getkey(), (3,))
     hidden = jax.tree.map(lambda z: jr.normal(getkey(), z.shape), cell.init_hidden())
-    expected = _numpy_step(cell, np.asarray(x), jax.tree.map(np.asarray, hidden))
+    expected = BY_CLASS[cls].numpy_step(
+        cell, np.asarray(x), jax.tree.map(np.asarray, hidden)
+    )
     assert_tree_allclose(eqx.filter_jit(_call)(cell, x, hidden), expected)
 
 

@@ -1,7 +1,7 @@
 """The fused step of the built-in cells (`eqrnn._fused`) against the generic step.
 
-The scan helpers run a cell's `_fused_step()` when it has one (on the GPU's path,
-`_fused_step(hoisted=True)`, which takes inputs projected before the loop; every
+The scan helpers run a cell's `fused_step()` when it has one (on the GPU's path,
+`fused_step(hoisted=True)`, which takes inputs projected before the loop; every
 test here runs under both platforms' choices). A cell built with
 `generic_step_options` (its default nonlinearity as another function object) has
 none, so it runs the generic `step`.
@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
+from jaxtyping import Array
 
 import eqrnn
 from eqrnn._fused import generic_step_options
@@ -57,8 +58,8 @@ def test_which_cells_fuse():
         eqrnn.SimpleCell(2, 3, key=key),
         eqrnn.SimpleCell(2, 3, residual=True, key=key),
     ):
-        assert cell._fused_step() is not None, cell
-        assert cell._fused_step(hoisted=True) is not None, cell
+        assert cell.fused_step(hoisted=False) is not None, cell
+        assert cell.fused_step(hoisted=True) is not None, cell
     # Another nonlinearity, a projection, or a linear cell (which has its own
     # engine): the generic step.
     for cell in (
@@ -70,32 +71,52 @@ def test_which_cells_fuse():
         eqrnn.LSTMCell(2, 3, proj_size=2, key=key),
         eqrnn.GRUCell(2, 3, activation_fn=jax.nn.relu, key=key),
         eqrnn.SimpleCell(2, 3, activation_fn=jax.nn.relu, key=key),
-        eqrnn.MinGRU(2, 3, key=key),
-        _OwnStep(2, 3, key=key),
+        _UserCell(2, 3, key=key),
     ):
-        assert cell._fused_step() is None, cell
-        assert cell._fused_step(hoisted=True) is None, cell
+        assert cell.fused_step(hoisted=False) is None, cell
+        assert cell.fused_step(hoisted=True) is None, cell
 
 
-class _OwnStep(eqrnn.LSTMCell):
-    """A subclass with its own step: the scan must run it, not the fused LSTM step."""
+class _UserCell(eqrnn.AbstractStepCell):
+    """A user's step-by-step cell without a fused step: the scan runs its `step`."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    weight_ih: Array
+    weight_hh: Array
+    input_size: int = eqx.field(static=True)
+    hidden_size: int = eqx.field(static=True)
+    initial_hidden: None = None
 
-    def step(self, projected: Any, hidden: Any) -> Any:
-        h, c = super().step(projected, hidden)
-        return 2 * h, c
+    def __init__(self, input_size: int, hidden_size: int, *, key: Any):
+        ikey, hkey = jr.split(key)
+        self.weight_ih = jr.normal(ikey, (hidden_size, input_size))
+        self.weight_hh = jr.normal(hkey, (hidden_size, hidden_size)) / hidden_size
+        self.input_size, self.hidden_size = input_size, hidden_size
+
+    def project_inputs(self, inputs: Array) -> Array:
+        return inputs @ self.weight_ih.T
+
+    def step(self, projected: Array, hidden: Array) -> Array:
+        return jnp.tanh(projected + 2 * self.weight_hh @ hidden)
+
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,),)
+
+    def output(self, hidden: Array) -> Array:
+        return hidden
+
+    def fused_step(self, hoisted: bool) -> None:
+        return None
 
 
-def test_subclass_with_its_own_step_runs_it():
-    cell = _OwnStep(2, 3, key=jr.key(0))
+def test_user_step_cell_runs_its_step():
+    cell = _UserCell(2, 3, key=jr.key(0))
     x = jr.normal(jr.key(1), (4, 2))
-    h, c = eqrnn.scan_last(cell, x)
-    expected = cell.init_hidden()
+    expected: list[Any] = [cell.init_hidden()]
     for x_t in x:
-        expected = cell(x_t, expected)
-    assert_tree_allclose((h, c), expected)
+        expected.append(cell(x_t, expected[-1]))
+    hs = eqrnn.scan_all_hidden(cell, x, resets=jnp.array([False, False, True, False]))
+    assert_tree_allclose(hs[:2], jnp.stack(expected[1:3]))
+    assert_tree_allclose(eqrnn.scan_last(cell, x), expected[-1])
 
 
 def _loss(cell: Any, xs: Any, lengths: Any, resets: Any) -> Any:
@@ -201,3 +222,19 @@ def test_fused_under_vmap_over_cells(kind, getkey):
         jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array)),
         jax.tree.leaves(eqx.filter(grads_ref, eqx.is_inexact_array)),
     )
+
+
+@pytest.mark.parametrize("kind", CELLS)
+@pytest.mark.parametrize("hoisted", [False, True])
+def test_fused_step_is_the_step(kind: str, hoisted: bool):
+    """One fused step against the cell's generic `step`, directly, in float64."""
+    cell, _ = _pair(kind, jnp.float64, jr.key(2))
+    x = jr.normal(jr.key(3), (3,), jnp.float64)
+    hidden = jax.tree.map(
+        lambda h: jr.normal(jr.key(4), h.shape, h.dtype), cell.init_hidden()
+    )
+    fused = cell.fused_step(hoisted)
+    assert fused is not None
+    projected = cell.project_inputs(x)
+    got = fused(projected if hoisted else x, hidden)
+    assert_tree_allclose(got, cell.step(projected, hidden), rtol=1e-12, atol=1e-12)

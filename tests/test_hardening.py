@@ -18,15 +18,13 @@ import pytest
 import eqrnn
 
 from .helpers import assert_tree_allclose
+from .registry import ALL_CELLS, LINEAR_CELLS
 
 
 # Each test runs under the CPU's and the GPU's choices (`eqrnn.tuned_for`).
 pytestmark = pytest.mark.usefixtures("each_platform")
 
 
-STEP_CELLS = [eqrnn.SimpleCell, eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MGUCell]
-LINEAR_CELLS = [eqrnn.MinGRU, eqrnn.MinLSTM, eqrnn.LRU, eqrnn.RGLRU]
-ALL_CELLS = STEP_CELLS + LINEAR_CELLS
 TIME, WIDTH = 6, 4
 LENGTHS = jnp.array([6, 4, 1, 0])
 
@@ -308,7 +306,7 @@ def test_100k_steps_checkpointed_fit_in_memory_and_stay_finite(cls, getkey):
     )
     # Far inside the 4 GiB: the states of every step (3.2 MB) and the
     # inputs and their gradient are what grows with T; the measured plans are
-    # listed in BENCHMARKS.md (`eqrnn bench --long-study`).
+    # listed in BENCHMARKS.md (`python benchmarks/bench.py --long-study`).
     assert planned < 256 * 2**20, planned
     value, grads = compiled(params, xs)
     assert jnp.isfinite(value)

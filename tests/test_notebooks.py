@@ -1,4 +1,5 @@
-"""The tutorial notebooks run top to bottom, and are stored without outputs.
+"""The tutorial notebooks run top to bottom, use only eqrnn's public API, and are
+stored without outputs.
 
 The notebooks assert their own results, so a wrong number fails here as well as an
 exception does. Each runs in a Jupyter kernel of this interpreter (`sys.executable`,
@@ -16,6 +17,7 @@ notebook in seconds (default 300).
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -73,6 +75,20 @@ def test_notebook_is_stored_without_outputs(path):
         f"{path.name}: cells {stale} hold outputs or execution counts; clear them "
         "before committing (the test run regenerates them)."
     )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_uses_only_the_public_api(path):
+    # A reader can run every line in their own project: no `eqrnn._private` module.
+    nb = nbformat.read(path, as_version=4)
+    private = [
+        (index, line)
+        for index, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        for line in cell.source.splitlines()
+        if re.search(r"\beqrnn\._", line)
+    ]
+    assert not private, f"{path.name}: cells import private modules: {private}"
 
 
 def test_notebook_index_lists_every_notebook():

@@ -13,17 +13,14 @@ from jax.test_util import check_grads
 
 import eqrnn
 
+from . import registry
 from .helpers import assert_tree_allclose, random_params
+from .registry import sigmoid as _sigmoid
 
 
 MODES: list[Any] = ["sequential", "associative", "chunked"]
-FACTORIES = {
-    "MinGRU": lambda key, **kw: eqrnn.MinGRU(3, 4, key=key, **kw),
-    "MinLSTM": lambda key, **kw: eqrnn.MinLSTM(3, 4, key=key, **kw),
-    "LRU": lambda key, **kw: eqrnn.LRU(3, 4, state_size=3, key=key, **kw),
-    "RGLRU": lambda key, **kw: eqrnn.RGLRU(4, 4, key=key, **kw),
-}
-NAMES = list(FACTORIES)
+CASES = {case.name: case for case in registry.CASES if case.linear}
+NAMES = list(CASES)
 
 
 @eqx.filter_jit
@@ -32,7 +29,9 @@ def make_cell(name, key, **kwargs):
     weight, bias and the reset target show in comparisons. (Under `jit`: one
     compilation instead of one per eager operation.)"""
     k1, k2 = jr.split(key)
-    cell = FACTORIES[name](k1, carry_init=jax.nn.initializers.normal(1.0), **kwargs)
+    cell = CASES[name].make(
+        3, 4, carry_init=jax.nn.initializers.normal(1.0), key=k1, **kwargs
+    )
     return random_params(cell, k2)
 
 
@@ -197,48 +196,12 @@ def test_gradients_pass_check_grads_in_float64(name, mode, getkey):
 # --- the equations -----------------------------------------------------------
 
 
-def _sigmoid(x):
-    return 1 / (1 + np.exp(-x))
-
-
-def _g(x):
-    return np.where(x >= 0, x + 0.5, _sigmoid(x))
-
-
-def numpy_step(name, cell, x, h):
-    """One step from the paper's equations, in NumPy (float64)."""
-    p = {k: np.asarray(v) for k, v in vars(cell).items() if eqx.is_array(v)}
-    n = cell.hidden_size
-    if name == "MinGRU":
-        pre = p["weight_ih"] @ x + p["bias"]
-        z, cand = _sigmoid(pre[:n]), _g(pre[n:])
-        return (1 - z) * h + z * cand
-    if name == "MinLSTM":
-        pre = p["weight_ih"] @ x + p["bias"]
-        f, i, cand = _sigmoid(pre[:n]), _sigmoid(pre[n : 2 * n]), _g(pre[2 * n :])
-        return f / (f + i) * h + i / (f + i) * cand
-    if name == "LRU":
-        lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
-        b = p["B_re"] + 1j * p["B_im"]
-        c = p["C_re"] + 1j * p["C_im"]
-        m = cell.state_size
-        state = h[1][:m] + 1j * h[1][m:]
-        state = lam * state + np.exp(p["gamma_log"]) * (b @ x)
-        y = np.real(c @ state) + p["D"] @ x
-        return y, np.concatenate([state.real, state.imag])
-    assert name == "RGLRU"
-    pre = p["weight_ih"] @ x + p["bias"]
-    r, i = _sigmoid(pre[:n]), _sigmoid(pre[n:])
-    a = _sigmoid(p["a_logit"]) ** (8 * r)
-    return a * h + np.sqrt(1 - a**2) * (i * x)
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_one_step_follows_the_papers_equations(name, getkey):
     cell = make_cell(name, getkey())
     x = jr.normal(getkey(), (cell.input_size,))
     h = jax.tree.map(lambda z: jr.normal(getkey(), z.shape), cell.init_hidden())
-    expected = numpy_step(name, cell, np.asarray(x), jax.tree.map(np.asarray, h))
+    expected = CASES[name].numpy_step(cell, np.asarray(x), jax.tree.map(np.asarray, h))
     assert_tree_allclose(_call(cell, x, h), expected)
 
 
@@ -303,7 +266,7 @@ def _to(dtype, tree):
 def _one_step_and_scan(key, dtype):
     out = {}
     for name in NAMES:
-        cell = FACTORIES[name](key, dtype=dtype)
+        cell = CASES[name].make(3, 4, dtype=dtype, key=key)
         xs = jnp.ones((5, cell.input_size), dtype)
         out[name] = (
             cell(xs[0], cell.init_hidden()),

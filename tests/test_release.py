@@ -9,6 +9,11 @@ the same files in an isolated environment. The fresh environment gets no copy of
 eqrnn's dependencies: a `.pth` file points it at the folders where this
 environment's `jax`, `equinox` and `jaxtyping` live, and the wheel is installed into
 it with `pip install --no-deps --no-index`.
+
+The wheel holds the package only; the sdist adds what a rebuild, the tests and the
+docs need, the examples, the notebooks and the benchmark scripts, but not the
+benchmarks' JSON results. The demo and the benchmarks are scripts of the repository
+(`examples/digits.py`, `benchmarks/bench.py`), not modules or commands of the package.
 """
 
 import email.parser
@@ -31,6 +36,8 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 NAME = PYPROJECT["project"]["name"]
 VERSION = PYPROJECT["project"]["version"]
 TIMEOUT = 120
+# The command-line tools that moved out of the package (issue #17).
+TOOLING = ("eqrnn/_bench.py", "eqrnn/_cli.py", "eqrnn/_demo.py", "eqrnn/__main__.py")
 
 
 def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -108,13 +115,18 @@ def test_wheel_holds_the_package_and_only_the_package(dist):
         "eqrnn/py.typed",
         "eqrnn/interop/__init__.py",
         f"{NAME}-{VERSION}.dist-info/licenses/LICENSE",
-        f"{NAME}-{VERSION}.dist-info/entry_points.txt",
     ):
         assert required in names, f"{required} missing from the wheel"
     stray = sorted(
         n for n in names if not n.startswith(("eqrnn/", f"{NAME}-{VERSION}.dist-info/"))
     )
     assert not stray, f"the wheel holds files outside the package: {stray}"
+    tooling = sorted(n for n in names if n in TOOLING)
+    assert not tooling, f"the wheel holds the command-line tools: {tooling}"
+    results = sorted(n for n in names if n.endswith(".json"))
+    assert not results, f"the wheel holds JSON files: {results}"
+    # No console script: the package has no command line.
+    assert f"{NAME}-{VERSION}.dist-info/entry_points.txt" not in names
 
 
 def test_sdist_holds_what_a_rebuild_and_the_tests_need(dist):
@@ -128,10 +140,26 @@ def test_sdist_holds_what_a_rebuild_and_the_tests_need(dist):
         "eqrnn/__init__.py",
         "eqrnn/py.typed",
         "tests/conftest.py",
+        "tests/test_bench.py",
+        "tests/test_digits_example.py",
         "mkdocs.yml",
         "docs/index.md",
+        "examples/digits.py",
+        "examples/hidden_states.py",
+        "notebooks/02_training.ipynb",
+        "benchmarks/README.md",
+        "benchmarks/bench.py",
+        "benchmarks/_harness.py",
+        "benchmarks/allocator_study.py",
+        "BENCHMARKS.md",
     ):
         assert required in names, f"{required} missing from the sdist"
+    results = sorted(
+        n for n in names if n.startswith("benchmarks/") and n.endswith(".json")
+    )
+    assert not results, f"the sdist holds benchmark results: {results}"
+    tooling = sorted(n for n in names if n in TOOLING)
+    assert not tooling, f"the sdist holds the command-line tools: {tooling}"
 
 
 def test_wheel_metadata_says_what_a_user_looks_for(dist):
@@ -240,9 +268,17 @@ def test_the_wheel_imports_in_a_fresh_environment(fresh_venv, tmp_path):
     assert result["public"] == sorted(__import__("eqrnn").__all__)
 
 
-def test_the_wheel_installs_the_command_line(fresh_venv, tmp_path):
+def test_the_wheel_installs_no_command_line(fresh_venv, tmp_path):
     python, _ = fresh_venv
-    script = python.parent / ("eqrnn.exe" if os.name == "nt" else "eqrnn")
-    assert script.is_file(), f"no `eqrnn` script in {script.parent}"
-    output = _run(script, "--help", cwd=tmp_path, env=_clean_env())
-    assert "demo" in output and "bench" in output, output
+    scripts = sorted(p.name for p in python.parent.iterdir() if "eqrnn" in p.name)
+    assert not scripts, f"the wheel installed scripts: {scripts}"
+    process = subprocess.run(
+        [python, "-I", "-m", "eqrnn"],
+        cwd=tmp_path,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert process.returncode != 0, process.stdout
+    assert "No module named eqrnn.__main__" in process.stderr, process.stderr

@@ -15,9 +15,10 @@ from jax.test_util import check_grads
 import eqrnn
 
 from .helpers import assert_tree_allclose, random_params
+from .registry import STEP_CELLS
 
 
-CELLS = [eqrnn.SimpleCell, eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MGUCell]
+CELLS = STEP_CELLS
 
 
 def python_loop(cell, xs, hidden=None, length=None, reverse=False, resets=None):

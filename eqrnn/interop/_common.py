@@ -63,7 +63,7 @@ def as_numpy(x: Array) -> np.ndarray:
     return np.array(x)
 
 
-def check_same_dtype(where: str, arrays: dict[str, Any]) -> Any:
+def common_dtype(where: str, arrays: dict[str, Any]) -> Any:
     dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
     if len(set(dtypes.values())) > 1:
         listed = ", ".join(f"`{n}` {d}" for n, d in dtypes.items())
@@ -109,7 +109,7 @@ def build_simple(
     residual: bool = False,
 ) -> SimpleCell:
     hidden_size, input_size = weight_ih.shape
-    dtype = check_same_dtype(
+    dtype = common_dtype(
         "SimpleCell", {"weight_ih": weight_ih, "weight_hh": weight_hh, "bias": bias}
     )
     cell = SimpleCell(
@@ -142,7 +142,7 @@ def build_gru(
         "bias": bias,
         "bias_hn": bias_hn,
     }
-    dtype = check_same_dtype("GRUCell", fields)
+    dtype = common_dtype("GRUCell", fields)
     assert (bias is None) == (bias_hn is None)
     cell = GRUCell(
         input_size,
@@ -174,7 +174,7 @@ def build_lstm(
         "bias": bias,
         "weight_hr": weight_hr,
     }
-    dtype = check_same_dtype("LSTMCell", fields)
+    dtype = common_dtype("LSTMCell", fields)
     cell = LSTMCell(
         input_size,
         hidden_size,

@@ -28,8 +28,8 @@ from ._common import (
     build_simple,
     check_cell,
     check_fn,
-    check_same_dtype,
     check_shape,
+    common_dtype,
     is_torch_tensor,
     layer_cells,
 )
@@ -61,9 +61,7 @@ def _build_cell(
     b_ih = params.get("bias_ih" + suffix)
     b_hh = params.get("bias_hh" + suffix)
     if b_ih is not None:
-        check_same_dtype(
-            "from_torch", {"bias_ih" + suffix: b_ih, "bias_hh" + suffix: b_hh}
-        )
+        common_dtype("from_torch", {"bias_ih" + suffix: b_ih, "bias_hh" + suffix: b_hh})
     if mode == "GRU":
         # b_hn sits inside the reset gate, so only b_r and b_z fold into `bias`.
         bias = bias_hn = None

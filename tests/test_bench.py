@@ -1,21 +1,39 @@
-"""The `eqrnn` command line: `eqrnn bench` end to end on a tiny size.
+"""`benchmarks/bench.py` end to end on a tiny size, in this process (imported from
+its path) and as `python benchmarks/bench.py`.
 
 No timing is asserted: the machine may be shared. What is checked is the JSON report's
 structure, that every implementation computed the same loss and input gradient as
 eqrnn (the cross-check that they are measuring the same computation), that the
-command is reachable as `python -m eqrnn`, and that a peer that cannot be imported
-is skipped with a note.
+script runs from the repository root and from elsewhere, and that a peer that cannot
+be imported is skipped with a note.
 """
 
+import importlib.util
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from eqrnn._bench import allocator_environment
-from eqrnn._cli import main
+
+ROOT = Path(__file__).parent.parent
+BENCH = ROOT / "benchmarks" / "bench.py"
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+main = bench.main
+# bench.py imports its harness from its own folder, `benchmarks/_harness.py`.
+allocator_environment = sys.modules["_harness"].allocator_environment
 
 
 TINY = "8,2,3,4"  # T, B, I, H
@@ -58,8 +76,8 @@ def _assert_pass_entry(entry: dict, implementation: str, reps: int) -> None:
 
 @pytest.fixture
 def default_allocator(monkeypatch):
-    """No allocator setting in the environment (`eqrnn bench` records and prints
-    them); yields `monkeypatch` to set some."""
+    """No allocator setting in the environment (bench.py records and prints them);
+    yields `monkeypatch` to set some."""
     for name in allocator_environment():
         monkeypatch.delenv(name)
     return monkeypatch
@@ -70,14 +88,14 @@ def test_bench_json_and_every_peer_computes_eqrnns_loss(
 ):
     path = tmp_path / "b.json"
     default_allocator.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
-    argv = ["bench", "--size", TINY, "--reps", "2", "--warmup", "1"]
+    argv = ["--size", TINY, "--reps", "2", "--warmup", "1"]
     argv += ["--cells", "lstm", "gru", "--peers", "torch", "flax", "equinox"]
     argv += ["--json", str(path)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     report = json.loads(path.read_text())
 
-    assert report["command"] == ["eqrnn", *argv]
+    assert report["command"] == [sys.executable, str(BENCH), *argv]
     machine = report["machine"]
     for key in ("platform", "cpu_count", "date", "jax_cores", "torch_num_threads"):
         assert machine[key], key
@@ -129,7 +147,7 @@ def test_checkpoint_study_reports_time_and_memory_ratios(
     tmp_path, capsys, default_allocator
 ):
     path = tmp_path / "study.json"
-    argv = ["bench", "--checkpoint-study", "--size", "16,2,3,4", "--reps", "1"]
+    argv = ["--checkpoint-study", "--size", "16,2,3,4", "--reps", "1"]
     assert main([*argv, "--warmup", "1", "--json", str(path)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(path.read_text())
@@ -161,7 +179,7 @@ def _assert_jax_memory(memory: dict) -> None:
 
 def test_parallel_study_reports_every_cell_and_mode_against_gru(tmp_path, capsys):
     path = tmp_path / "parallel.json"
-    argv = ["bench", "--parallel-study", "--lengths", "8", "16", "--reps", "1"]
+    argv = ["--parallel-study", "--lengths", "8", "16", "--reps", "1"]
     argv += ["--cells", "gru", "mingru", "--scan-modes", "associative"]
     argv += ["--batch-size", "2", "--hidden-size", "4"]
     assert main([*argv, "--json", str(path)]) == 0
@@ -206,7 +224,7 @@ def test_parallel_study_reports_every_cell_and_mode_against_gru(tmp_path, capsys
 
 def test_parallel_study_without_the_baseline_and_forward_only(tmp_path, capsys):
     path = tmp_path / "parallel.json"
-    argv = ["bench", "--parallel-study", "--lengths", "8", "--reps", "1"]
+    argv = ["--parallel-study", "--lengths", "8", "--reps", "1"]
     argv += ["--cells", "lru", "rglru", "--scan-modes", "chunked", "--mode", "fwd"]
     argv += ["--hidden-size", "4", "--batch-size", "2", "--json", str(path)]
     assert main(argv) == 0
@@ -238,7 +256,7 @@ def _assert_long_result(r: dict, t: int, reps: int) -> None:
 
 def test_long_study_runs_each_configuration_in_its_own_process(tmp_path, capsys):
     path = tmp_path / "long.json"
-    argv = ["bench", "--long-study", "--cells", "gru", "--lengths", "16"]
+    argv = ["--long-study", "--cells", "gru", "--lengths", "16"]
     argv += ["--reps", "2", "--hidden-size", "4", "--json", str(path)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -263,7 +281,7 @@ def test_long_study_in_process_covers_linear_cells_and_the_memory_limit(
     tmp_path, capsys
 ):
     path = tmp_path / "long.json"
-    argv = ["bench", "--long-study", "--in-process", "--cells", "simple", "mingru"]
+    argv = ["--long-study", "--in-process", "--cells", "simple", "mingru"]
     argv += ["--lengths", "8", "--reps", "1", "--hidden-size", "4"]
     argv += ["--scan-modes", "associative", "--json", str(path)]
     assert main(argv) == 0
@@ -279,7 +297,7 @@ def test_long_study_in_process_covers_linear_cells_and_the_memory_limit(
         assert r["rss"]["method"].startswith("n/a")
 
     # A plan over the limit is compiled, reported and not run.
-    argv = ["bench", "--long-study", "--in-process", "--cells", "mgu", "--lengths"]
+    argv = ["--long-study", "--in-process", "--cells", "mgu", "--lengths"]
     argv += ["64", "--hidden-size", "4", "--memory-limit-gib", "1e-9"]
     assert main([*argv, "--json", str(path)]) == 0
     assert "not run" in capsys.readouterr().out
@@ -314,7 +332,7 @@ def test_long_study_in_process_covers_linear_cells_and_the_memory_limit(
 )
 def test_bad_study_options_are_rejected_with_a_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["bench", *argv])
+        main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -329,7 +347,7 @@ def test_peer_that_fails_to_import_is_skipped_with_a_note(
         # `import` raises ImportError for a module whose sys.modules entry is None.
         monkeypatch.setitem(sys.modules, module, None)
     path = tmp_path / "b.json"
-    argv = ["bench", "--size", "4,2,3,4", "--reps", "1", "--warmup", "1"]
+    argv = ["--size", "4,2,3,4", "--reps", "1", "--warmup", "1"]
     argv += ["--cells", "gru", "--mode", "fwd", "--peers", peer, "equinox"]
     assert main([*argv, "--json", str(path)]) == 0
     printed = capsys.readouterr().out
@@ -358,14 +376,18 @@ def test_peer_that_fails_to_import_is_skipped_with_a_note(
 )
 def test_bad_size_is_rejected_with_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["bench", *argv])
+        main(argv)
     assert info.value.code == 2
     assert "T,B,I,H" in capsys.readouterr().err
 
 
-def test_python_m_eqrnn_bench_help_exits_0():
+@pytest.mark.parametrize("from_root", [True, False], ids=["from-root", "elsewhere"])
+def test_bench_script_help_exits_0(from_root, tmp_path):
+    # As the docs say to run it, from the root; and by its full path from elsewhere.
+    script = "benchmarks/bench.py" if from_root else str(BENCH)
     done = subprocess.run(
-        [sys.executable, "-m", "eqrnn", "bench", "--help"],
+        [sys.executable, script, "--help"],
+        cwd=ROOT if from_root else tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
@@ -385,6 +407,22 @@ def test_python_m_eqrnn_bench_help_exits_0():
         "--memory-limit-gib",
     ):
         assert option in done.stdout, option
+
+
+def test_bench_script_runs_from_the_root_and_records_its_command(tmp_path):
+    path = tmp_path / "study.json"
+    argv = ["benchmarks/bench.py", "--checkpoint-study", "--size", "4,1,2,2"]
+    argv += ["--reps", "1", "--warmup", "1", "--json", str(path)]
+    done = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("benchmarks/bench.py: jax "), done.stdout
+    assert "checkpoint=True / checkpoint=False" in done.stdout
+    report = json.loads(path.read_text())
+    assert report["command"] == [sys.executable, *argv]
+    names = [r["implementation"] for r in report["checkpoint_study"]["results"]]
+    assert names == ["checkpoint=False", "checkpoint=True"]
 
 
 def test_allocator_environment_names_only_allocator_settings(default_allocator):

@@ -1,4 +1,6 @@
-"""`eqrnn bench`: eqrnn and its peers, side by side, in one run.
+"""The harness behind `benchmarks/bench.py`: eqrnn and its peers, side by side, in one
+run. The other scripts of `benchmarks/` share its loss (`scan_loss`), its argument
+types (`positive_int`, `parse_size`) and `generic_step_options`.
 
 Every implementation computes the same thing from the same weights and inputs: all
 hidden states of a batch of sequences (batch first, float32), the loss
@@ -44,10 +46,12 @@ and whether the loss and gradients stay finite). Their loss is the sum of
 `cell.output(hidden)` over every step and sequence, with input size = hidden size.
 
 Nothing here imports torch or flax at module level: each peer is imported when it is
-run, and a peer that fails to import is skipped with a note.
+run, and a peer that fails to import is skipped with a note. eqrnn is used through its
+public API only, but for `generic_step_options`.
 """
 
 import abc
+import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -64,23 +68,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._fused import generic_step_options
-from ._gru import GRUCell
-from ._linear_scan import Mode
-from ._lru import LRU, RGLRU
-from ._lstm import LSTMCell
-from ._mgu import MGUCell
-from ._min_rnn import MinGRU, MinLSTM
-from ._platform import Unroll
-from ._scan import scan_all_hidden
-from ._simple import SimpleCell
+import eqrnn
+
+# private: forces the generic per-step path
+from eqrnn._fused import generic_step_options as generic_step_options
+
+
+# The types of `eqrnn.scan_all_hidden`'s `unroll` and `mode` arguments.
+Unroll = int | Literal["auto"]
+Mode = Literal["auto", "sequential", "associative", "chunked"]
 
 
 @runtime_checkable
@@ -165,6 +168,47 @@ class BenchConfig:
     json_path: str | None = None
     seed: int = 0
     command: tuple[str, ...] = ()
+
+
+# --- Command-line argument types (argparse `type=`) --------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def parse_size(text: str) -> tuple[int, int, int, int]:
+    """`"T,B,I,H"`: time steps, batch, input size, hidden size."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(
+            "expected four positive integers T,B,I,H (time steps, batch, input size, "
+            f"hidden size), got {text!r}"
+        )
+    return values  # pyright: ignore[reportReturnType]
+
+
+def parse_unroll(text: str) -> Unroll:
+    return "auto" if text == "auto" else positive_int(text)
 
 
 # --- Shared weights ----------------------------------------------------------------
@@ -404,7 +448,7 @@ def build_eqrnn(
     """eqrnn's cell under `scan_all_hidden`, vmapped over the batch; `generic=True`
     makes the scan run the cell's generic step instead of its fused one."""
     size = problem.size
-    cls = LSTMCell if problem.cell == "lstm" else GRUCell
+    cls = eqrnn.LSTMCell if problem.cell == "lstm" else eqrnn.GRUCell
     options = generic_step_options(cls) if generic else {}
     cell = _with_shared_weights(
         problem,
@@ -419,14 +463,16 @@ def build_eqrnn(
 
 def scan_loss(cell: Any, **scan_options: Any) -> tuple[Callable[[Any, Any], Any], Any]:
     """`(loss_fn, params)`: `loss_fn(params, inputs)` is the sum of `h` at every step
-    of `scan_all_hidden(cell, x, **scan_options)`, vmapped over the batch of
+    of `eqrnn.scan_all_hidden(cell, x, **scan_options)`, vmapped over the batch of
     `inputs` (`(batch, time, input_size)`), with `params` the cell's arrays. Also
     the loss of `benchmarks/fused_vs_generic.py` and `benchmarks/profile_scan.py`."""
     params, static = eqx.partition(cell, eqx.is_inexact_array)
 
     def loss_fn(params: Any, inputs: Any) -> Any:
         cell = eqx.combine(params, static)
-        hiddens = jax.vmap(lambda x: scan_all_hidden(cell, x, **scan_options))(inputs)
+        hiddens = jax.vmap(lambda x: eqrnn.scan_all_hidden(cell, x, **scan_options))(
+            inputs
+        )
         return jnp.sum(jax.tree.leaves(hiddens)[0])
 
     return loss_fn, params
@@ -701,12 +747,9 @@ def build_implementations(
 
 @functools.cache
 def _warm_up_compiler() -> None:
-    """Compile a small vmapped scan and its gradient, untimed, once per process.
-
-    The first XLA compilation in a process took 0.07-0.09 s longer than the same one
-    later (LSTM small forward: 0.26 s first, 0.17 s after), whichever implementation
-    came first, and the first was always eqrnn's; after this warm-up, 0.18 s.
-    """
+    """Compile a small vmapped scan and its gradient, untimed, once per process:
+    the first XLA compilation in a process is slower than the same one later, and
+    would count against whichever implementation is compiled first (eqrnn's)."""
 
     def loss(weight: Any, xs: Any) -> Any:
         def body(h: Any, x: Any) -> Any:
@@ -906,7 +949,7 @@ def _loss_notes(records: Sequence[dict[str, Any]], tolerance: float) -> list[str
 # large buffers: glibc's tunables and `MALLOC_*` variables, a preloaded allocator
 # and its settings (jemalloc's `MALLOC_CONF`, `TCMALLOC_*`). They change every
 # implementation's times, PyTorch's most (whether each call's buffers are fresh
-# pages, faulted in on first touch): BENCHMARKS.md, "The memory allocator".
+# pages, faulted in on first touch): benchmarks/NOTES.md, "The memory allocator".
 ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD")
 ALLOCATOR_PREFIXES = ("MALLOC_", "TCMALLOC_")
 
@@ -925,8 +968,6 @@ def machine_info(torch_threads: int | None) -> dict[str, Any]:
     def version(module: str) -> str | None:
         mod = sys.modules.get(module)
         return None if mod is None else getattr(mod, "__version__", None)
-
-    import eqrnn
 
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -956,7 +997,7 @@ def machine_info(torch_threads: int | None) -> dict[str, Any]:
 def _source_revision() -> dict[str, Any] | None:
     """The git commit of the eqrnn source being measured, and the files of `eqrnn/`
     changed since (`None` outside a git checkout)."""
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = os.path.dirname(os.path.abspath(eqrnn.__file__))
 
     def git(*args: str) -> str | None:
         try:
@@ -1040,7 +1081,7 @@ def run_bench(config: BenchConfig, out: TextOut | None = None) -> dict[str, Any]
         threads = "" if torch_threads is None else f", torch threads {torch_threads}"
         order = "one after another" if config.long_study else "round-robin"
         print(
-            f"eqrnn bench: jax {machine['versions']['jax']} on "
+            f"benchmarks/bench.py: jax {machine['versions']['jax']} on "
             f"{machine['jax_backend']} ({machine['jax_cores']} cores){threads}, "
             f"float32, {config.reps} reps {order} after {config.warmup} warm-up "
             "calls.",
@@ -1180,14 +1221,14 @@ def run_checkpoint_study(config: BenchConfig, out: TextOut) -> dict[str, Any]:
 # dtype=float32, key=...)` with its default initialisation; `RGLRU` needs
 # `input_size == hidden_size`, so the studies use I = H throughout.
 CELL_CLASSES: dict[str, type[Any]] = {
-    "simple": SimpleCell,
-    "gru": GRUCell,
-    "lstm": LSTMCell,
-    "mgu": MGUCell,
-    "mingru": MinGRU,
-    "minlstm": MinLSTM,
-    "lru": LRU,
-    "rglru": RGLRU,
+    "simple": eqrnn.SimpleCell,
+    "gru": eqrnn.GRUCell,
+    "lstm": eqrnn.LSTMCell,
+    "mgu": eqrnn.MGUCell,
+    "mingru": eqrnn.MinGRU,
+    "minlstm": eqrnn.MinLSTM,
+    "lru": eqrnn.LRU,
+    "rglru": eqrnn.RGLRU,
 }
 ALL_CELLS = tuple(CELL_CLASSES)
 LINEAR_CELLS = ("mingru", "minlstm", "lru", "rglru")
@@ -1246,7 +1287,9 @@ def output_sum_loss(
         cell = eqx.combine(params, static)
 
         def one_sequence(x: Any) -> Any:
-            hiddens = scan_all_hidden(cell, x, mode=scan_mode, checkpoint=checkpoint)
+            hiddens = eqrnn.scan_all_hidden(
+                cell, x, mode=scan_mode, checkpoint=checkpoint
+            )
             return jax.vmap(cell.output)(hiddens)
 
         return jnp.sum(jax.vmap(one_sequence)(inputs))
@@ -1576,12 +1619,17 @@ def run_long_configuration_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]
     """`run_long_configuration(spec)` in a fresh Python process, so that its peak
     resident memory is this configuration's alone. A process that fails (say, killed
     for memory) gives a result with `error` and the end of its stderr."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The same eqrnn as this process's, and this harness.
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(eqrnn.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (package_root, env.get("PYTHONPATH")) if p
     )
-    code = "from eqrnn._bench import _long_study_worker; _long_study_worker()"
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (
+        f"import sys; sys.path.insert(0, {here!r}); "
+        "from _harness import _long_study_worker; _long_study_worker()"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code],
         input=json.dumps({**spec, "measure_rss": True}),

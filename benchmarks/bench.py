@@ -1,16 +1,26 @@
-"""The `eqrnn` command line: `eqrnn COMMAND [options]`, also `python -m eqrnn`.
+"""Time eqrnn against PyTorch, Flax NNX and Equinox, or run one of eqrnn's studies.
 
-Each command is a pair of functions here, `_add_<command>_parser(subparsers)` and
-`_run_<command>(args) -> int`, registered in `_build_parser`; the work itself lives in
-its own module (`_bench.py` for `bench`). Peers such as torch and flax are imported
-only when a command runs them.
+    python benchmarks/bench.py                # LSTM and GRU at three sizes, all peers
+    python benchmarks/bench.py --size 512,16,32,128 --peers torch --json out.json
+    python benchmarks/bench.py --checkpoint-study
+    python benchmarks/bench.py --parallel-study
+    python benchmarks/bench.py --long-study
+    python benchmarks/bench.py --help         # every option
+
+The tables go to stdout; `--json PATH` also records the machine, the command line and
+every raw time. The work is done by `_harness.py`, next to this file.
 """
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
-from ._bench import (
+
+# `_harness` sits next to this script, which runs as `python benchmarks/bench.py`.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import (
     ALL_CELLS,
     CELLS,
     CHECKPOINT_STUDY_SIZE,
@@ -31,140 +41,30 @@ from ._bench import (
     STUDY_WARMUP,
     BenchConfig,
     Size,
+    parse_size,
+    parse_unroll,
+    positive_float,
+    positive_int,
     run_bench,
 )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `eqrnn` command line with `argv` (default `sys.argv[1:]`); returns the
-    exit status."""
-    parser = _build_parser()
+    """Run with `argv` (default `sys.argv[1:]`); returns the exit status."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    # The exact command, for the record (e.g. in `bench --json`).
-    args.command_line = list(sys.argv) if argv is None else ["eqrnn", *argv]
-    return args.run(args)
+    # The exact command, for the record (`--json`).
+    if argv is None:
+        command = [sys.executable, *sys.argv]
+    else:
+        command = [sys.executable, __file__, *argv]
+    return run(args, parser, command)
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eqrnn",
-        description="Recurrent networks for Equinox and JAX: command-line tools.",
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_demo_parser(subparsers)
-    _add_bench_parser(subparsers)
-    return parser
-
-
-# --- demo --------------------------------------------------------------------------
-
-
-def _add_demo_parser(subparsers: "argparse._SubParsersAction") -> None:
-    demo = subparsers.add_parser(
-        "demo",
-        help="train a small RNN on handwritten digits (about 30 s on 2 CPU cores)",
-        description=(
-            "Train an eqrnn classifier under eqx.filter_jit with optax on "
-            "scikit-learn's 8x8 handwritten digits, read one pixel row per time step "
-            "(shipped with scikit-learn: nothing is downloaded). Shows a progress "
-            "bar, prints the held-out accuracy, and writes a plot of hidden-state "
-            "trajectories and a checkpoint. Needs pip install 'eqrnn[examples]'."
-        ),
-    )
-    demo.add_argument(
-        "--cell",
-        choices=("gru", "lstm", "mgu", "simple"),
-        default="gru",
-        help="the recurrent cell (default gru)",
-    )
-    demo.add_argument(
-        "--hidden-size", type=_positive_int, default=64, help="default 64"
-    )
-    demo.add_argument(
-        "--steps", type=_positive_int, default=500, help="Adam steps (default 500)"
-    )
-    demo.add_argument("--batch-size", type=_positive_int, default=64, help="default 64")
-    demo.add_argument("--learning-rate", type=float, default=3e-3, help="default 3e-3")
-    demo.add_argument(
-        "--out",
-        default="eqrnn-demo",
-        help="folder for hidden_states.png and model.eqx (default ./eqrnn-demo)",
-    )
-    demo.add_argument("--seed", type=int, default=0, help="default 0")
-    demo.set_defaults(run=_run_demo, parser=demo)
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
-
-    print(
-        f"Training a {args.cell.upper()} (hidden size {args.hidden_size}) on "
-        "scikit-learn's handwritten digits, one 8-pixel row per time step..."
-    )
-    result = run_demo(
-        cell=args.cell,
-        hidden_size=args.hidden_size,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        out_dir=args.out,
-        seed=args.seed,
-    )
-    print(
-        f"Held-out accuracy: {100 * result['test_accuracy']:.1f}% on "
-        f"{result['test_size']} test images (final training loss "
-        f"{result['final_loss']:.4f}, {result['seconds']:.0f} s)."
-    )
-    print(f"Hidden-state trajectories: {result['plot']}")
-    print(f"Checkpoint (model, optimiser state, step): {result['checkpoint']}")
-    return 0
-
-
-# --- bench -------------------------------------------------------------------------
-
-
-def _size(text: str) -> tuple[int, int, int, int]:
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 4 or min(values) <= 0:
-        raise argparse.ArgumentTypeError(
-            "expected four positive integers T,B,I,H (time steps, batch, input size, "
-            f"hidden size), got {text!r}"
-        )
-    return values  # pyright: ignore[reportReturnType]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _unroll(text: str) -> int | str:
-    return "auto" if text == "auto" else _positive_int(text)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
+def build_parser() -> argparse.ArgumentParser:
     sizes = "; ".join(f"{s.name}: {s.describe()}" for s in SIZES.values())
-    bench = subparsers.add_parser(
-        "bench",
-        help="time eqrnn against PyTorch, Flax NNX and Equinox",
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/bench.py",
         description=(
             "Time eqrnn against every installed peer on the same weights and inputs "
             "(float32, batch first): PyTorch nn.LSTM/nn.GRU, Flax NNX nnx.RNN with "
@@ -178,7 +78,7 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
         ),
         epilog=f"Sizes: {sizes}.",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--cells",
         nargs="+",
         choices=ALL_CELLS,
@@ -187,64 +87,64 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
         f"{' '.join(PARALLEL_CELLS)}; --long-study: all). The comparison and "
         "--checkpoint-study take lstm and gru only",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--sizes",
         nargs="+",
         choices=tuple(SIZES),
         default=None,
         help="named sizes (default: all three, unless --size is given)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--size",
-        type=_size,
+        type=parse_size,
         default=None,
         metavar="T,B,I,H",
         help="a custom size: time steps, batch, input size, hidden size",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--peers",
         nargs="*",
         choices=PEERS,
         default=list(PEERS),
         help="peers to compare with (default: all; none: eqrnn alone)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--mode",
         choices=("both", "fwd", "fwd+bwd"),
         default="both",
         help="forward only, forward+backward, or both (default)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--reps",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="timed repetitions of each implementation, round-robin (default 10; "
         f"--parallel-study {PARALLEL_REPS}, --long-study {LONG_REPS})",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--warmup",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="untimed calls of each implementation before timing, the first "
         f"included (default 2; the studies {STUDY_WARMUP})",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--json",
         metavar="PATH",
         default=None,
         help="also write machine info, the command line and every raw time to PATH",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--unroll",
-        type=_unroll,
+        type=parse_unroll,
         default="auto",
         help="eqrnn only: steps unrolled per lax.scan iteration, a positive int or "
         "'auto' (the default: the platform's choice)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--checkpoint",
         nargs="?",
-        type=_positive_int,
+        type=positive_int,
         const=True,
         default=False,
         metavar="CHUNK",
@@ -252,7 +152,7 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
         "of about sqrt(T) steps, or of CHUNK steps",
     )
     study = CHECKPOINT_STUDY_SIZE.describe()
-    studies = bench.add_mutually_exclusive_group()
+    studies = parser.add_mutually_exclusive_group()
     studies.add_argument(
         "--checkpoint-study",
         action="store_true",
@@ -282,15 +182,15 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
         "planned peak, the process's peak resident memory, and whether the loss "
         "and gradients are finite",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--lengths",
         nargs="+",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="T",
         help="studies only: the sequence lengths",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--scan-modes",
         nargs="+",
         choices=("auto", *SCAN_MODES),
@@ -299,42 +199,46 @@ def _add_bench_parser(subparsers: "argparse._SubParsersAction") -> None:
         "(scan_all_hidden's mode=; default: all three for --parallel-study, auto "
         "for --long-study)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help=f"studies only: sequences per batch (default {PARALLEL_BATCH}; "
         f"--long-study {LONG_BATCH})",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--hidden-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="studies only: the hidden size, also the input size (default "
         f"{PARALLEL_HIDDEN}; --long-study {LONG_HIDDEN})",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--in-process",
         action="store_true",
         help="--long-study only: run every configuration in this process (faster; "
         "no per-configuration peak resident memory)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--memory-limit-gib",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="GIB",
         help="--long-study only: compile but do not run a configuration for which "
         "XLA plans more than GIB (default 4)",
     )
-    bench.add_argument(
+    parser.add_argument(
         "--seed", type=int, default=0, help="seed of the weights and inputs (default 0)"
     )
-    bench.set_defaults(run=_run_bench, parser=bench)
+    return parser
 
 
-def _run_bench(args: argparse.Namespace) -> int:
-    error = args.parser.error
+def run(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, command: Sequence[str]
+) -> int:
+    """Check the options as a whole (a usage error exits with status 2), then run
+    the benchmark they describe; `command` is recorded in the JSON report."""
+    error = parser.error
     parallel, long = args.parallel_study, args.long_study
     study_name = "--parallel-study" if parallel else "--long-study"
     if (parallel or long) and (args.sizes or args.size is not None):
@@ -403,7 +307,11 @@ def _run_bench(args: argparse.Namespace) -> int:
         memory_limit_gib=args.memory_limit_gib or 4.0,
         json_path=args.json,
         seed=args.seed,
-        command=tuple(args.command_line),
+        command=tuple(command),
     )
     run_bench(config)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

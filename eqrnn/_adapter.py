@@ -1,0 +1,114 @@
+"""`CallableCell`: any callable with the cell signature as an eqrnn cell, so that
+the scan helpers and layers wrap Equinox's cells and user functions once, at the
+public edge, and talk to one interface below it."""
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PyTree
+
+from ._cell import AbstractCell
+from ._loop import Plan, step_loop
+
+
+class CallableCell(AbstractCell):
+    """A callable `fn(input, hidden, *, key=None) -> hidden`, such as
+    `equinox.nn.GRUCell`, `equinox.nn.LSTMCell` or a user's function, as an eqrnn
+    cell. `scan_last`, `scan_all_hidden` and the layers wrap any such callable in
+    one; build one yourself to give a function a starting state.
+
+    It runs one step after another, passing each step its own key (the scan
+    helpers' `key=`, split per step). Its starting state, and the state `resets`
+    return to, is `fn.init_hidden()` where `fn` has one, zeros for Equinox's cells,
+    else zeros shaped like the `hidden` it was built with. `output` is `h` of an
+    `(h, c)` tuple and the hidden state itself otherwise.
+
+    !!! example
+
+        ```python
+        gru = equinox.nn.GRUCell(3, 8, key=jax.random.key(0))
+        hs = eqrnn.scan_all_hidden(eqrnn.CallableCell(gru), jnp.ones((10, 3)))
+        ```
+    """
+
+    fn: Callable[..., Any]
+    initial_hidden: PyTree[Float[Array, "..."]]
+    input_size: int | None = eqx.field(static=True)
+    hidden_size: int | None = eqx.field(static=True)
+    modes: ClassVar[tuple[str, ...]] = ("auto", "sequential")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        hidden: PyTree[Float[Array, "..."]] | None = None,
+    ):
+        """**Arguments:**
+
+        - `fn`: the step, `fn(input, hidden, *, key=None) -> hidden`.
+        - `hidden`: a hidden state of `fn`; its zeros are the starting state.
+            Needed only when `fn` has no `init_hidden()` and is not one of
+            Equinox's cells.
+        """
+        self.initial_hidden = reset_state_of(fn, hidden, "CallableCell")
+        self.fn = fn
+        # `None` where `fn` does not say (a plain function).
+        self.input_size = getattr(fn, "input_size", None)  # pyright: ignore[reportIncompatibleVariableOverride]
+        self.hidden_size = getattr(fn, "hidden_size", None)  # pyright: ignore[reportIncompatibleVariableOverride]
+
+    def project_inputs(
+        self, inputs: Float[Array, "*time input_size"]
+    ) -> Float[Array, "*time input_size"]:
+        return inputs
+
+    def step(self, projected: Float[Array, " input_size"], hidden: Any) -> Any:
+        return self.fn(projected, hidden)
+
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(jnp.shape(x) for x in jax.tree.leaves(self.initial_hidden))
+
+    def output(self, hidden: Any) -> Float[Array, " output_size"]:
+        return hidden[0] if isinstance(hidden, tuple) else hidden
+
+    def run_sequence(
+        self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
+    ) -> tuple[Any, Any]:
+        def call(x: Array, h: Any, k: Any) -> Any:
+            return self.fn(x, h, key=k)
+
+        return step_loop(call, inputs, hidden, self.initial_hidden, plan)
+
+
+def reset_state_of(fn: Any, hidden: Any, where: str) -> Any:
+    """The state a callable `fn` starts from and resets to."""
+    if not callable(fn):
+        raise TypeError(f"{where}: `cell` must be callable, got {type(fn).__name__}.")
+    init_hidden = getattr(fn, "init_hidden", None)
+    if init_hidden is not None:
+        return init_hidden()
+    if hidden is not None:
+        return jax.tree.map(jnp.zeros_like, hidden)
+    if isinstance(fn, eqx.nn.LSTMCell):
+        zeros = jnp.zeros(fn.hidden_size, fn.weight_hh.dtype)
+        return (zeros, zeros)
+    if isinstance(fn, eqx.nn.GRUCell):
+        return jnp.zeros(fn.hidden_size, fn.weight_hh.dtype)
+    raise TypeError(
+        f"{where}: `hidden` is None and the cell {type(fn).__name__} has no "
+        "`init_hidden()` method, so the starting state is unknown: pass `hidden`."
+    )
+
+
+def as_cell(cell: Any, hidden: Any, where: str) -> AbstractCell:
+    """`cell` itself if it is an eqrnn cell, else `cell` wrapped in `CallableCell`."""
+    if isinstance(cell, AbstractCell):
+        return cell
+    # Checked here, so that an error names the public function.
+    return CallableCell(cell, reset_state_of(cell, hidden, where))
+
+
+def modes_of(cell: Any) -> tuple[str, ...]:
+    """The `mode`s a cell (or a callable, which runs step by step) accepts."""
+    return cell.modes if isinstance(cell, AbstractCell) else CallableCell.modes

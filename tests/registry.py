@@ -1,0 +1,139 @@
+"""The cells every cell, reference and hardening test parametrises over.
+
+A new cell takes one `CellCase` here: its class, its family, how many gate blocks
+its `weight_ih` stacks (if it stacks them), and its equations written out in NumPy
+from its docstring (float64), which `test_cells.py` and `test_parallel_cells.py`
+compare one step of the cell with.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+
+import eqrnn
+
+
+def sigmoid(x: Any) -> Any:
+    return 1 / (1 + np.exp(-x))
+
+
+def _g(x: Any) -> Any:
+    """MinGRU's and MinLSTM's default activation."""
+    return np.where(x >= 0, x + 0.5, sigmoid(x))
+
+
+def _params(cell: Any) -> dict[str, Any]:
+    return {k: np.asarray(v) for k, v in vars(cell).items() if eqx.is_array(v)}
+
+
+def _simple(cell: Any, x: Any, h: Any) -> Any:
+    p = _params(cell)
+    return np.tanh(p["weight_ih"] @ x + p["weight_hh"] @ h + p["bias"])
+
+
+def _gru(cell: Any, x: Any, h: Any) -> Any:
+    p, n = _params(cell), cell.hidden_size
+    gi, gh = p["weight_ih"] @ x + p["bias"], p["weight_hh"] @ h
+    r = sigmoid(gi[:n] + gh[:n])
+    z = sigmoid(gi[n : 2 * n] + gh[n : 2 * n])
+    cand = np.tanh(gi[2 * n :] + r * (gh[2 * n :] + p["bias_hn"]))
+    return (1 - z) * cand + z * h
+
+
+def _lstm(cell: Any, x: Any, hidden: Any) -> Any:
+    p, n = _params(cell), cell.hidden_size
+    h, c = hidden
+    g = p["weight_ih"] @ x + p["weight_hh"] @ h + p["bias"]
+    i, f, gg, o = (g[k * n : (k + 1) * n] for k in range(4))
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(gg)
+    return sigmoid(o) * np.tanh(c), c
+
+
+def _mgu(cell: Any, x: Any, h: Any) -> Any:
+    p, n = _params(cell), cell.hidden_size
+    wi, wh, b = p["weight_ih"], p["weight_hh"], p["bias"]
+    f = sigmoid(wi[:n] @ x + wh[:n] @ h + b[:n])
+    cand = np.tanh(wi[n:] @ x + wh[n:] @ (f * h) + b[n:])
+    return (1 - f) * h + f * cand
+
+
+def _min_gru(cell: Any, x: Any, h: Any) -> Any:
+    p, n = _params(cell), cell.hidden_size
+    pre = p["weight_ih"] @ x + p["bias"]
+    z, cand = sigmoid(pre[:n]), _g(pre[n:])
+    return (1 - z) * h + z * cand
+
+
+def _min_lstm(cell: Any, x: Any, h: Any) -> Any:
+    p, n = _params(cell), cell.hidden_size
+    pre = p["weight_ih"] @ x + p["bias"]
+    f, i, cand = sigmoid(pre[:n]), sigmoid(pre[n : 2 * n]), _g(pre[2 * n :])
+    return f / (f + i) * h + i / (f + i) * cand
+
+
+def _lru(cell: Any, x: Any, h: Any) -> Any:
+    p, m = _params(cell), cell.state_size
+    lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
+    b = p["B_re"] + 1j * p["B_im"]
+    c = p["C_re"] + 1j * p["C_im"]
+    state = h[1][:m] + 1j * h[1][m:]
+    state = lam * state + np.exp(p["gamma_log"]) * (b @ x)
+    y = np.real(c @ state) + p["D"] @ x
+    return y, np.concatenate([state.real, state.imag])
+
+
+def _rg_lru(cell: Any, x: Any, h: Any) -> Any:
+    p, n = _params(cell), cell.hidden_size
+    pre = p["weight_ih"] @ x + p["bias"]
+    r, i = sigmoid(pre[:n]), sigmoid(pre[n:])
+    a = sigmoid(p["a_logit"]) ** (cell.c * r)
+    return a * h + np.sqrt(1 - a**2) * (i * x)
+
+
+@dataclasses.dataclass(frozen=True)
+class CellCase:
+    """One cell as the shared tests see it."""
+
+    cls: type[eqrnn.AbstractCell]
+    numpy_step: Callable[[Any, Any, Any], Any]
+    """`(cell, x, hidden) -> hidden`, the cell's equations in NumPy (default
+    nonlinearities)."""
+    num_gates: int | None = None
+    """Gate blocks stacked in `weight_ih` and `weight_hh` (PyTorch's layout)."""
+    square: bool = False
+    """Whether `input_size` must equal `hidden_size` (`RGLRU`)."""
+    options: tuple[tuple[str, Any], ...] = ()
+    """Constructor options the tests use besides the sizes (small state sizes)."""
+
+    @property
+    def name(self) -> str:
+        return self.cls.__name__
+
+    @property
+    def linear(self) -> bool:
+        return issubclass(self.cls, eqrnn.AbstractLinearCell)
+
+    def make(self, input_size: int, hidden_size: int, **kwargs: Any) -> Any:
+        """The cell at these sizes (`RGLRU`: `input_size` becomes `hidden_size`)."""
+        if self.square:
+            input_size = hidden_size
+        return self.cls(input_size, hidden_size, **dict(self.options), **kwargs)
+
+
+CASES = (
+    CellCase(eqrnn.SimpleCell, _simple, num_gates=1),
+    CellCase(eqrnn.GRUCell, _gru, num_gates=3),
+    CellCase(eqrnn.LSTMCell, _lstm, num_gates=4),
+    CellCase(eqrnn.MGUCell, _mgu, num_gates=2),
+    CellCase(eqrnn.MinGRU, _min_gru),
+    CellCase(eqrnn.MinLSTM, _min_lstm),
+    CellCase(eqrnn.LRU, _lru, options=(("state_size", 3),)),
+    CellCase(eqrnn.RGLRU, _rg_lru, square=True),
+)
+BY_CLASS = {case.cls: case for case in CASES}
+STEP_CELLS = [case.cls for case in CASES if not case.linear]
+LINEAR_CELLS = [case.cls for case in CASES if case.linear]
+ALL_CELLS = [case.cls for case in CASES]
