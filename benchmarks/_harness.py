@@ -47,7 +47,7 @@ and whether the loss and gradients stay finite). Their loss is the sum of
 
 Nothing here imports torch or flax at module level: each peer is imported when it is
 run, and a peer that fails to import is skipped with a note. eqrnn is used through its
-public API only, but for `generic_step_options`.
+public API only.
 """
 
 import abc
@@ -58,6 +58,7 @@ import datetime
 import functools
 import gc
 import importlib
+import inspect
 import json
 import math
 import os
@@ -77,13 +78,27 @@ import numpy as np
 
 import eqrnn
 
-# private: forces the generic per-step path
-from eqrnn._fused import generic_step_options as generic_step_options
-
 
 # The types of `eqrnn.scan_all_hidden`'s `unroll` and `mode` arguments.
 Unroll = int | Literal["auto"]
 Mode = Literal["auto", "sequential", "associative", "chunked"]
+
+
+def _sigmoid(x: Any) -> Any:
+    return jax.nn.sigmoid(x)
+
+
+def _tanh(x: Any) -> Any:
+    return jnp.tanh(x)
+
+
+def generic_step_options(cls: type) -> dict[str, Any]:
+    """Constructor options under which a built-in cell runs its generic `step`, with
+    the same numbers: its default nonlinearity as another function object (a cell's
+    `fused_step` exists only for `jax.nn.sigmoid` and `jnp.tanh` themselves)."""
+    if "gate_fn" in inspect.signature(cls.__init__).parameters:
+        return {"gate_fn": _sigmoid}
+    return {"activation_fn": _tanh}
 
 
 @runtime_checkable

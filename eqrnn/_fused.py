@@ -7,7 +7,6 @@ hand-written tangent rules that save few arrays for the backward pass. The
 measurements behind each choice: benchmarks/NOTES.md.
 """
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -72,25 +71,6 @@ def identity(x: Array) -> Array:
     """The input projection of a fused step whose inputs were projected before the
     loop."""
     return x
-
-
-def _generic_sigmoid(x: Array) -> Array:
-    return jax.nn.sigmoid(x)
-
-
-def _generic_tanh(x: Array) -> Array:
-    return jnp.tanh(x)
-
-
-def generic_step_options(cls: type) -> dict[str, Any]:
-    """Constructor options under which a built-in cell of class `cls` runs its
-    generic step in the scan helpers, with the same numbers: its default
-    nonlinearity as another function object (a cell fuses only when its
-    nonlinearities *are* `jax.nn.sigmoid` and `jnp.tanh`). For the tests and
-    benchmarks that compare the fused step with the generic one."""
-    if "gate_fn" in inspect.signature(cls.__init__).parameters:
-        return {"gate_fn": _generic_sigmoid}
-    return {"activation_fn": _generic_tanh}
 
 
 def _lstm_scale(hidden_size: int, dtype: Any) -> tuple[Array, Array]:

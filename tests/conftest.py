@@ -109,6 +109,18 @@ def _memory_mappings() -> int:
 
 
 @pytest.fixture(autouse=True)
+def _standard_promotion_for_optax(request):
+    """Tests marked `standard_promotion` train with optax's Adam, whose bias
+    correction raises a Python float to an int32 step count, which strict dtype
+    promotion refuses; they run under JAX's standard promotion."""
+    if request.node.get_closest_marker("standard_promotion") is None:
+        yield
+        return
+    with jax.numpy_dtype_promotion("standard"):
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _release_compiled_programs():
     """Drop every compiled program once this process holds many memory mappings.
 

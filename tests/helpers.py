@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+import inspect
 from typing import Any
 
 import equinox as eqx
@@ -73,3 +74,21 @@ def flax_cell(
         return nnx.LSTMCell(input_size, hidden_size, **kwargs)
     assert kind == "optimized_lstm", kind
     return nnx.OptimizedLSTMCell(input_size, hidden_size, **kwargs)
+
+
+def _sigmoid(x: Any) -> Any:
+    return jax.nn.sigmoid(x)
+
+
+def _tanh(x: Any) -> Any:
+    return jnp.tanh(x)
+
+
+def generic_step_options(cls: type) -> dict[str, Any]:
+    """Constructor options under which a built-in cell runs its generic `step` in
+    the scan helpers, with the same numbers: its default nonlinearity as another
+    function object (a cell's `fused_step` exists only for `jax.nn.sigmoid` and
+    `jnp.tanh` themselves). For comparing the fused step with the generic one."""
+    if "gate_fn" in inspect.signature(cls.__init__).parameters:
+        return {"gate_fn": _sigmoid}
+    return {"activation_fn": _tanh}

@@ -18,7 +18,9 @@ from .registry import BY_CLASS, STEP_CELLS, sigmoid as _sigmoid
 
 
 CELLS = STEP_CELLS
-NUM_GATES = {cls: BY_CLASS[cls].num_gates for cls in CELLS}
+NUM_GATES: dict[type, int] = {
+    cls: gates for cls in CELLS if (gates := BY_CLASS[cls].num_gates) is not None
+}
 
 
 def _call(cell, x, hidden):

@@ -19,6 +19,10 @@ ROOT = Path(__file__).parent.parent
 SCRIPT = ROOT / "examples" / "digits.py"
 
 
+# The demo trains with optax's Adam (see conftest).
+pytestmark = pytest.mark.standard_promotion
+
+
 def _load_digits_script():
     spec = importlib.util.spec_from_file_location("digits", SCRIPT)
     assert spec is not None and spec.loader is not None

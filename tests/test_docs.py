@@ -4,6 +4,8 @@ import doctest
 import re
 from pathlib import Path
 
+import pytest
+
 import eqrnn
 from eqrnn import _layers
 
@@ -15,6 +17,7 @@ def _python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.standard_promotion
 def test_readme_python_blocks_run_in_order():
     # Like a notebook: later blocks may use names from earlier ones.
     namespace: dict = {}

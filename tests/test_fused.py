@@ -20,9 +20,13 @@ import pytest
 from jaxtyping import Array
 
 import eqrnn
-from eqrnn._fused import generic_step_options
 
-from .helpers import assert_tree_allclose, random_params, tolerance
+from .helpers import (
+    assert_tree_allclose,
+    generic_step_options,
+    random_params,
+    tolerance,
+)
 
 
 pytestmark = pytest.mark.usefixtures("each_platform")

@@ -44,8 +44,9 @@ def random_coefficients(key, shape, *, complex_=False):
     k1, k2, k3, k4 = jr.split(key, 4)
     modulus = jr.uniform(k1, shape, minval=0.3, maxval=1.0)
     if complex_:
-        a = modulus * jnp.exp(1j * jr.uniform(k2, shape, maxval=2 * np.pi))
-        b = jr.normal(k3, shape) + 1j * jr.normal(k4, shape)
+        phase = jr.uniform(k2, shape, maxval=2 * np.pi)
+        a = jax.lax.complex(modulus * jnp.cos(phase), modulus * jnp.sin(phase))
+        b = jax.lax.complex(jr.normal(k3, shape), jr.normal(k4, shape))
         return a, b
     return modulus, jr.normal(k3, shape)
 
@@ -72,7 +73,9 @@ def _all_backends(a, b, h0):
 def test_every_backend_equals_the_recurrence_in_numpy_under_vmap(kind, getkey):
     # 7 steps in chunks of 3: two full chunks and a padded one; a batch of 2.
     a, b = random_coefficients(getkey(), (2, 7, 2, 3), complex_=kind == "pair")
-    h0 = jr.normal(getkey(), (2, 2, 3)) * (1 + 1j if kind == "pair" else 1)
+    h0 = jr.normal(getkey(), (2, 2, 3))
+    if kind == "pair":
+        h0 = jax.lax.complex(h0, h0)
     if kind == "pair":
         out = _all_backends(pair(a), pair(b), pair(h0))
         out = jax.tree.map(
@@ -92,7 +95,7 @@ def test_every_backend_equals_the_recurrence_in_numpy_under_vmap(kind, getkey):
 
 def test_complex_coefficients_work_in_every_backend(getkey):
     a, b = random_coefficients(getkey(), (7, 2), complex_=True)
-    h0 = jr.normal(getkey(), (2,)) + 1j
+    h0 = jax.lax.complex(jr.normal(getkey(), (2,)), jnp.ones(2))
     every_mode = jax.jit(
         lambda a, b, h0: [
             eqrnn.linear_scan(a, b, h0, mode=m, reverse=True, chunk_size=3)

@@ -225,6 +225,7 @@ def _train(model, opt_state, optimizer, data, steps):
     return model, opt_state
 
 
+@pytest.mark.standard_promotion
 def test_resuming_from_a_checkpoint_equals_training_straight_through(getkey, tmp_path):
     optimizer = optax.adam(1e-2)
     model = Regressor(getkey())
