@@ -14,7 +14,7 @@ from ._adapter import as_cell
 from ._custom_types import AnyHiddenLike, Inputs, Length
 from ._linear_scan import Mode
 from ._platform import Unroll
-from ._scan import ScanOptions, check_length, run_scan
+from ._scan import ScanOptions, check_length, check_sequence, run_scan
 
 
 def flip_sequence(
@@ -266,8 +266,8 @@ class RNN(eqx.Module):
     def __call__(
         self,
         inputs: Inputs,
-        *,
         hidden: PyTree[Float[ArrayLike, "..."]] | None = None,
+        *,
         length: Length | None = None,
         resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
@@ -309,6 +309,23 @@ _MERGES: dict[str, Callable[[Array, Array], Array]] = {
     "mean": _mean,
     "product": jnp.multiply,
 }
+
+
+_ELEMENTWISE = (jnp.add, _mean, jnp.multiply)
+
+
+def _input_size(layer: Any) -> int | None:
+    """The input width an `RNN` or `Bidirectional` reads, where its cell says."""
+    rnn = layer.forward if isinstance(layer, Bidirectional) else layer
+    return getattr(rnn.cell, "input_size", None)
+
+
+def _output_size(rnn: "RNN") -> int | None:
+    """The output width of an `RNN`, where its cell says."""
+    shapes = getattr(rnn.cell, "hidden_shapes", None)
+    if shapes is not None:
+        return shapes()[0][0]
+    return getattr(rnn.cell, "hidden_size", None)
 
 
 class Bidirectional(eqx.Module):
@@ -367,6 +384,7 @@ class Bidirectional(eqx.Module):
                 "Bidirectional: `forward` has `reverse=True`; pass an RNN that runs "
                 "forwards (the backward direction is `backward`'s job)."
             )
+        merge_name = merge
         if isinstance(merge, str):
             if merge not in _MERGES:
                 raise ValueError(
@@ -380,6 +398,14 @@ class Bidirectional(eqx.Module):
                 f"{type(merge).__name__}."
             )
         _check_static("Bidirectional", return_hidden=return_hidden)
+        sizes = (_output_size(forward), _output_size(backward))
+        if merge in _ELEMENTWISE and None not in sizes and sizes[0] != sizes[1]:
+            raise ValueError(
+                f"Bidirectional: merging by {merge_name!r} adds or multiplies the two "
+                f"directions' outputs elementwise, but `forward` outputs {sizes[0]} "
+                f"and `backward` {sizes[1]} values per step. Use merge='concat', or "
+                "cells of the same output size."
+            )
         self.forward = forward
         self.backward = backward
         self.merge = merge
@@ -391,6 +417,7 @@ class Bidirectional(eqx.Module):
         hidden: tuple[AnyHiddenLike | None, AnyHiddenLike | None] | None = None,
         *,
         length: Length | None = None,
+        resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, "time output_size"], tuple[Any, Any]]:
         """`(outputs, (forward_final, backward_final))`, whatever `return_hidden`
@@ -398,15 +425,22 @@ class Bidirectional(eqx.Module):
 
         **Arguments:**
 
-        - `inputs`, `hidden`, `length`, `key`: as for `__call__`.
+        - `inputs`, `hidden`, `length`, `resets`, `key`: as for `__call__`.
 
         **Returns:**
 
         The merged outputs and both final hidden states.
         """
-        inputs = jnp.asarray(inputs)
+        inputs = check_sequence(inputs, "Bidirectional", _input_size(self.forward))
         length = check_length(length, inputs.shape[0], "Bidirectional")
-        return self._run(inputs, hidden, length=length, key=key, length_checked=True)
+        return self._run(
+            inputs,
+            hidden,
+            length=length,
+            resets=resets,
+            key=key,
+            length_checked=True,
+        )
 
     def _run(
         self,
@@ -414,6 +448,7 @@ class Bidirectional(eqx.Module):
         hidden: tuple[AnyHiddenLike | None, AnyHiddenLike | None] | None,
         *,
         length: Any,
+        resets: Bool[ArrayLike, " time"] | None,
         key: PRNGKeyArray | None,
         length_checked: bool,
     ) -> tuple[Float[Array, "time output_size"], tuple[Any, Any]]:
@@ -430,7 +465,7 @@ class Bidirectional(eqx.Module):
             inputs,
             hidden[0],
             length=length,
-            resets=None,
+            resets=resets,
             key=kf,
             reverse=False,
             keep_order=None,
@@ -440,7 +475,7 @@ class Bidirectional(eqx.Module):
             inputs,
             hidden[1],
             length=length,
-            resets=None,
+            resets=resets,
             key=kb,
             reverse=True,
             keep_order=True,
@@ -451,9 +486,10 @@ class Bidirectional(eqx.Module):
     def __call__(
         self,
         inputs: Inputs,
-        *,
         hidden: tuple[AnyHiddenLike | None, AnyHiddenLike | None] | None = None,
+        *,
         length: Length | None = None,
+        resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> (
         Float[Array, "time output_size"] | tuple[Float[Array, "time output_size"], Any]
@@ -464,6 +500,10 @@ class Bidirectional(eqx.Module):
         - `hidden`: `(forward_hidden, backward_hidden)`; default each cell's
             `init_hidden()`.
         - `length`: the number of valid steps; the rest is padding.
+        - `resets`: booleans of shape `(time,)`: both directions start again from
+            their cell's `init_hidden()` at these steps (the backward one, reading
+            the sequence from its end, at the step itself), as each `RNN` does with
+            `resets`.
         - `key`: split between the two directions, for stochastic cells.
 
         **Returns:**
@@ -472,7 +512,9 @@ class Bidirectional(eqx.Module):
         `"concat"`); with `return_hidden=True`, the tuple `(outputs,
         (forward_final, backward_final))`.
         """
-        outputs, finals = self.run(inputs, hidden, length=length, key=key)
+        outputs, finals = self.run(
+            inputs, hidden, length=length, resets=resets, key=key
+        )
         return (outputs, finals) if self.return_hidden else outputs
 
 
@@ -544,9 +586,10 @@ class StackedRNN(eqx.Module):
     def __call__(
         self,
         inputs: Inputs,
-        *,
         hidden: Sequence[AnyHiddenLike | None] | None = None,
+        *,
         length: Length | None = None,
+        resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
     ) -> tuple[Float[Array, "time output_size"], tuple[Any, ...]]:
@@ -557,6 +600,9 @@ class StackedRNN(eqx.Module):
             default every layer's default.
         - `length`: the number of valid steps; the rest is padding, and zero in the
             outputs.
+        - `resets`: booleans of shape `(time,)`: every layer starts again from its
+            starting state at these steps (episode boundaries), as `step(...,
+            reset=True)` does.
         - `key`: for dropout (needed when `dropout > 0` and not in inference) and
             stochastic cells.
         - `inference`: overrides the `inference` field for this call.
@@ -575,7 +621,7 @@ class StackedRNN(eqx.Module):
                 f"StackedRNN: `hidden` must hold one state per layer ({num_layers}), "
                 f"got {len(hidden)}."
             )
-        inputs = jnp.asarray(inputs)
+        inputs = check_sequence(inputs, "StackedRNN", _input_size(self.layers[0]))
         length = check_length(length, inputs.shape[0], "StackedRNN")
         inference = self.inference if inference is None else inference
         use_dropout = self.dropout > 0 and not inference and num_layers > 1
@@ -596,12 +642,20 @@ class StackedRNN(eqx.Module):
             zip(self.layers, hidden, layer_keys, strict=True)
         ):
             run_key, drop_key = (None, None) if k is None else tuple(jr.split(k))
+            expected = _input_size(layer)
+            if expected is not None and x.shape[1] != expected:
+                below = "the inputs" if i == 0 else f"layer {i - 1}'s outputs"
+                raise ValueError(
+                    f"StackedRNN: layer {i} reads inputs of width {expected}, but "
+                    f"{below} have width {x.shape[1]}. Build layer {i}'s cell with "
+                    f"input_size={x.shape[1]}."
+                )
             if isinstance(layer, RNN):
                 out, final = layer._run(
                     x,
                     h0,
                     length=length,
-                    resets=None,
+                    resets=resets,
                     key=run_key,
                     reverse=None,
                     keep_order=None,
@@ -609,7 +663,12 @@ class StackedRNN(eqx.Module):
                 )
             else:
                 out, final = layer._run(
-                    x, h0, length=length, key=run_key, length_checked=True
+                    x,
+                    h0,
+                    length=length,
+                    resets=resets,
+                    key=run_key,
+                    length_checked=True,
                 )
             if self.residual and i > 0:
                 if out.shape != jnp.shape(x):

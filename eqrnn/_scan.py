@@ -84,13 +84,23 @@ def _check_hidden(cell: AbstractCell, hidden: Any, where: str) -> Any:
     return hidden
 
 
-def _check_inputs(cell: AbstractCell, inputs: Any, where: str) -> Array:
+_LAYERS = ("RNN", "Bidirectional", "StackedRNN")
+
+
+def check_sequence(inputs: Any, where: str, input_size: int | None = None) -> Array:
+    """`inputs` as one floating-point sequence `(time, input_size)`, or an error
+    naming `where` whose fix (for a batch: `jax.vmap`) runs."""
     inputs = jnp.asarray(inputs)
-    input_size = cell.input_size
     width = "input_size" if input_size is None else f"input_size={input_size}"
     if inputs.ndim != 2 or (input_size is not None and inputs.shape[1] != input_size):
         hint = ""
-        if inputs.ndim == 3:
+        if inputs.ndim == 3 and where in _LAYERS:
+            hint = (
+                f" A batch of sequences is mapped with `jax.vmap(layer)(batch)` "
+                f"(`layer` being this {where}), or with lengths `jax.vmap(lambda x, "
+                "n: layer(x, length=n))(batch, lengths)`."
+            )
+        elif inputs.ndim == 3:
             hint = (
                 " A batch of sequences is mapped with `jax.vmap(lambda x: "
                 f"eqrnn.{where}(cell, x))(batch)`."
@@ -184,7 +194,7 @@ def run_scan(
     unless `stack`. With `length_checked`, `length` was checked by the caller."""
     where = options.where
     options.check_cell(cell)
-    inputs = _check_inputs(cell, inputs, where)
+    inputs = check_sequence(inputs, where, cell.input_size)
     num_steps = inputs.shape[0]
     hidden = _check_hidden(cell, hidden, where)
     if not length_checked:

@@ -335,3 +335,31 @@ def test_serialisation_round_trips_every_layer_bit_exactly(getkey, tmp_path):
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
             else:
                 assert a == b
+
+
+def test_bidirectional_and_stacked_resets_equal_their_pieces_and_step(getkey):
+    k1, k2, k3 = (getkey() for _ in range(3))
+    bi = eqrnn.Bidirectional(
+        eqrnn.RNN(eqrnn.GRUCell(3, 4, key=k1)), eqrnn.RNN(eqrnn.LSTMCell(3, 4, key=k2))
+    )
+    x = jr.normal(getkey(), (7, 3))
+    resets = jnp.array([False, False, True, False, False, True, False])
+    outputs, finals = bi.run(x, resets=resets, length=6)
+    out_f, final_f = bi.forward.run(x, resets=resets, length=6)
+    out_b, final_b = bi.backward.run(
+        x, resets=resets, length=6, reverse=True, keep_order=True
+    )
+    assert_tree_allclose(
+        (outputs, finals), (jnp.concatenate([out_f, out_b], -1), (final_f, final_b))
+    )
+    upper = eqrnn.RNN(eqrnn.GRUCell(4, 5, key=k3))
+    stack = eqrnn.StackedRNN([bi.forward, upper])
+    out, (h0, h1) = stack(x, resets=resets)
+    lower_out, lower_final = bi.forward.run(x, resets=resets)
+    upper_out, upper_final = upper.run(lower_out, resets=resets)
+    assert_tree_allclose((out, h0, h1), (upper_out, lower_final, upper_final))
+    # Streaming with `reset=` gives the same outputs.
+    hidden = stack.init_hidden()
+    for t in range(x.shape[0]):
+        y, hidden = stack.step(x[t], hidden, reset=resets[t])
+        assert_tree_allclose(y, out[t])

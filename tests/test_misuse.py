@@ -1,0 +1,99 @@
+"""Mistakes as a user makes them, with the jaxtyping hook off (as for every user):
+each gets a message that names the argument, and the fix it suggests runs."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+import eqrnn
+
+
+pytestmark = pytest.mark.usefixtures("no_jaxtyping")
+
+
+def _layers():
+    k1, k2, k3 = jr.split(jr.key(0), 3)
+    rnn = eqrnn.RNN(eqrnn.GRUCell(3, 8, key=k1))
+    bi = eqrnn.Bidirectional(rnn, eqrnn.RNN(eqrnn.GRUCell(3, 8, key=k2)))
+    stack = eqrnn.StackedRNN([bi, eqrnn.RNN(eqrnn.GRUCell(16, 4, key=k3))])
+    return {"RNN": rnn, "Bidirectional": bi, "StackedRNN": stack}
+
+
+@pytest.mark.parametrize("name", ["RNN", "Bidirectional", "StackedRNN"])
+def test_a_batch_given_to_a_layer_gets_a_vmap_fix_that_runs(name):
+    layer = _layers()[name]
+    batch = jnp.ones((4, 10, 3))
+    lengths = jnp.array([10, 7, 3, 0])
+    with pytest.raises(ValueError, match=rf"^{name}: `inputs` must have shape") as e:
+        layer(batch)
+    message = str(e.value)
+    assert f"`layer` being this {name}" in message
+    # Both fixes the message gives, as written in it.
+    fixes = re.findall(r"`(jax\.vmap\(.*?\)\(batch(?:, lengths)?\))`", message)
+    assert len(fixes) == 2, message
+    for fix in fixes:
+        out = eval(
+            fix, {"jax": jax, "layer": layer, "batch": batch, "lengths": lengths}
+        )
+        assert jax.tree.leaves(out)[0].shape[:2] == (4, 10)
+
+
+@pytest.mark.parametrize("scan", [eqrnn.scan_last, eqrnn.scan_all_hidden])
+def test_a_batch_given_to_a_scan_helper_gets_a_vmap_fix_that_runs(scan):
+    cell = eqrnn.GRUCell(3, 8, key=jr.key(0))
+    batch = jnp.ones((4, 10, 3))
+    with pytest.raises(ValueError, match="A batch of sequences") as e:
+        scan(cell, batch)
+    fix = re.search(r"`(jax\.vmap\(.*?\)\(batch\))`", str(e.value))
+    assert fix is not None, e.value
+    out = eval(fix.group(1), {"jax": jax, "eqrnn": eqrnn, "cell": cell, "batch": batch})
+    assert out.shape[0] == 4
+
+
+def test_bidirectional_sum_of_different_sizes_is_refused_at_construction():
+    k1, k2 = jr.split(jr.key(0))
+    forward = eqrnn.RNN(eqrnn.GRUCell(3, 8, key=k1))
+    backward = eqrnn.RNN(eqrnn.GRUCell(3, 5, key=k2))
+    for merge in ("sum", "mean", "product"):
+        with pytest.raises(ValueError, match="Use merge='concat'"):
+            eqrnn.Bidirectional(forward, backward, merge=merge)
+    outputs = eqrnn.Bidirectional(forward, backward, merge="concat")(jnp.ones((4, 3)))
+    assert outputs.shape == (4, 13)
+
+
+def test_stacked_layer_of_the_wrong_width_is_named():
+    layers = _layers()
+    k = jr.key(1)
+    stack = eqrnn.StackedRNN(
+        [layers["Bidirectional"], eqrnn.RNN(eqrnn.GRUCell(8, 4, key=k))]
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"layer 1 reads inputs of width 8, but layer 0's outputs have "
+        r"width 16\. Build layer 1's cell with input_size=16\.",
+    ):
+        stack(jnp.ones((5, 3)))
+
+
+@pytest.mark.parametrize("name", ["RNN", "Bidirectional", "StackedRNN"])
+def test_hidden_is_positional_in_layers_as_in_the_scan_helpers(name):
+    layer = _layers()[name]
+    x = jr.normal(jr.key(2), (6, 3))
+    if name == "RNN":
+        hidden = layer.init_hidden() + 1
+    elif name == "Bidirectional":
+        hidden = (jnp.ones(8), None)
+    else:
+        hidden = ((jnp.ones(8), None), None)
+    by_position = layer(x, hidden)
+    by_keyword = layer(x, hidden=hidden)
+    for a, b in zip(
+        jax.tree.leaves(by_position), jax.tree.leaves(by_keyword), strict=True
+    ):
+        assert jnp.array_equal(a, b)
+    assert not jnp.array_equal(
+        jax.tree.leaves(by_position)[0], jax.tree.leaves(layer(x))[0]
+    )
