@@ -141,7 +141,7 @@ def torch_case(rnn: eqrnn.RNN, xs: Any) -> dict[str, Any]:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = eqrnn.interop.to_torch(rnn).to(device)
+    module = eqrnn.interop.to_torch(rnn, batch_first=True).to(device)
     inputs = torch.tensor(np.asarray(xs), device=device, requires_grad=True)
 
     def call() -> Any:

@@ -274,7 +274,7 @@ def test_torch_stack_round_trip_is_exact(mode, kwargs, training, getkey):
     stack = from_torch(module)
     assert stack.dropout == kwargs.get("dropout", 0.0)
     assert stack.inference is not training
-    back = to_torch(stack)
+    back = to_torch(stack, batch_first=True)
     for setting in (
         "mode",
         "input_size",

@@ -98,3 +98,25 @@ def test_hidden_is_positional_in_layers_as_in_the_scan_helpers(name):
     assert not jnp.array_equal(
         jax.tree.leaves(by_position)[0], jax.tree.leaves(layer(x))[0]
     )
+
+
+def test_to_torch_asks_for_batch_first_and_keeps_the_layout_it_is_given():
+    torch = pytest.importorskip("torch")
+    from eqrnn.interop import from_torch, to_torch
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 8)  # (time, batch, features), PyTorch's default
+    stack = from_torch(lstm)
+    with pytest.raises(ValueError, match="pass `batch_first=True`") as e:
+        to_torch(stack)
+    fix = re.search(r"`(to_torch\(stack, batch_first=False\))`", str(e.value))
+    assert fix is not None, e.value
+    back = eval(fix.group(1), {"to_torch": to_torch, "stack": stack})
+    assert back.batch_first is False
+    inputs = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        expected, got = lstm(inputs)[0], back(inputs)[0]
+    assert torch.allclose(expected, got, atol=1e-6)
+    assert to_torch(stack, batch_first=True).batch_first is True
+    with pytest.raises(ValueError, match="`batch_first` is a setting"):
+        to_torch(eqrnn.GRUCell(3, 4, key=jr.key(0)), batch_first=True)

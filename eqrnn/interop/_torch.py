@@ -484,7 +484,7 @@ def _cell_to_torch(torch: Any, cell: Any) -> Any:
     return module
 
 
-def _stack_to_torch(torch: Any, stack: StackedRNN) -> Any:
+def _stack_to_torch(torch: Any, stack: StackedRNN, batch_first: bool | None) -> Any:
     if stack.residual:
         raise ValueError(
             "StackedRNN has `residual=True`, but PyTorch's multi-layer RNNs have no "
@@ -547,11 +547,19 @@ def _stack_to_torch(torch: Any, stack: StackedRNN) -> Any:
                 f"StackedRNN layer {i // num_dirs + 1} takes inputs of size "
                 f"{c.input_size}, but the layer below outputs {num_dirs * out}."
             )
+    if not isinstance(batch_first, bool):
+        raise ValueError(
+            "to_torch: pass `batch_first=True` (the module reads (batch, time, "
+            "features)) or `batch_first=False` ((time, batch, features), PyTorch's "
+            f"default), got {batch_first!r}. eqrnn's layers have no batch axis, so "
+            "only you know which layout the code around the module feeds it, e.g. "
+            "`to_torch(stack, batch_first=False)`."
+        )
     num_layers = len(stack.layers)
     kwargs: dict[str, Any] = {
         "num_layers": num_layers,
         "bias": first.use_bias,
-        "batch_first": True,
+        "batch_first": batch_first,
         # PyTorch warns about dropout with one layer; it has no effect there (as in
         # StackedRNN), so nothing is lost.
         "dropout": stack.dropout if num_layers > 1 else 0.0,
@@ -573,38 +581,46 @@ def _stack_to_torch(torch: Any, stack: StackedRNN) -> Any:
 
 
 @overload
-def to_torch(model: SimpleCell) -> "torch.nn.RNNCell": ...
+def to_torch(
+    model: SimpleCell, *, batch_first: bool | None = None
+) -> "torch.nn.RNNCell": ...
 
 
 @overload
-def to_torch(model: GRUCell) -> "torch.nn.GRUCell": ...
+def to_torch(
+    model: GRUCell, *, batch_first: bool | None = None
+) -> "torch.nn.GRUCell": ...
 
 
 @overload
-def to_torch(model: LSTMCell) -> "torch.nn.LSTMCell": ...
+def to_torch(
+    model: LSTMCell, *, batch_first: bool | None = None
+) -> "torch.nn.LSTMCell": ...
 
 
 @overload
-def to_torch(model: StackedRNN | RNN | Bidirectional) -> "torch.nn.RNNBase": ...
+def to_torch(
+    model: StackedRNN | RNN | Bidirectional, *, batch_first: bool | None = None
+) -> "torch.nn.RNNBase": ...
 
 
-def to_torch(model: eqx.Module) -> Any:
+def to_torch(model: eqx.Module, *, batch_first: bool | None = None) -> Any:
     """Convert an eqrnn cell or stack to the PyTorch module with the same numbers.
 
     `SimpleCell`, `GRUCell`, `LSTMCell` become `torch.nn.RNNCell`, `GRUCell`,
     `LSTMCell`. A `StackedRNN` (or a lone `RNN` or `Bidirectional`, taken as a
-    one-layer stack) becomes `torch.nn.RNN`, `GRU` or `LSTM` with `batch_first=True`,
-    the stack's `dropout`, and training mode unless `inference=True`. eqrnn's single
-    bias becomes `bias_ih`, and `bias_hh` is zero (a GRU's `bias_hn` goes to the `n`
-    part of `bias_hh`), so `from_torch(to_torch(model))` gives `model` back
-    bit for bit. Settings that only affect speed (`unroll`, `checkpoint`) are dropped.
+    one-layer stack) becomes `torch.nn.RNN`, `GRU` or `LSTM` with the `batch_first`
+    you pass, the stack's `dropout`, and training mode unless `inference=True`.
+    eqrnn's single bias becomes `bias_ih`, and `bias_hh` is zero (a GRU's `bias_hn`
+    goes to the `n` part of `bias_hh`), so `from_torch(to_torch(model))` gives
+    `model` back bit for bit. Settings that only affect speed (`unroll`, `checkpoint`) are dropped.
 
     !!! example
 
         ```python
         stack = eqrnn.interop.from_torch(torch.nn.GRU(3, 8, num_layers=2))
         ...  # train in JAX
-        gru = eqrnn.interop.to_torch(stack)  # torch.nn.GRU, batch_first=True
+        gru = eqrnn.interop.to_torch(stack, batch_first=False)  # as it came
         ```
 
     **Arguments:**
@@ -613,6 +629,11 @@ def to_torch(model: eqx.Module) -> Any:
         layers are all `RNN`s running forwards or all `Bidirectional`s (with
         `merge="concat"`), holding one kind of cell with the same settings
         throughout; or a single such `RNN` or `Bidirectional`.
+    - `batch_first`: for a stack, required: the layout the module reads, `True` for
+        `(batch, time, features)`, `False` for `(time, batch, features)` (PyTorch's
+        default). eqrnn's layers have no batch axis, so nothing in them says which;
+        a module converted with `from_torch` goes back with its own setting only if
+        you pass it. Not used for a cell. (Keyword only argument.)
 
     **Returns:**
 
@@ -632,5 +653,11 @@ def to_torch(model: eqx.Module) -> Any:
     if isinstance(model, RNN | Bidirectional):
         model = StackedRNN([model])
     if isinstance(model, StackedRNN):
-        return _stack_to_torch(torch, model)
+        return _stack_to_torch(torch, model, batch_first)
+    if batch_first is not None:
+        raise ValueError(
+            "to_torch: `batch_first` is a setting of PyTorch's multi-step RNN "
+            f"modules; a {type(model).__name__} becomes a cell, which has none. Leave "
+            "it out, or convert an `eqrnn.RNN`/`StackedRNN`."
+        )
     return _cell_to_torch(torch, model)
