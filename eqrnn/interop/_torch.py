@@ -613,7 +613,8 @@ def to_torch(model: eqx.Module, *, batch_first: bool | None = None) -> Any:
     you pass, the stack's `dropout`, and training mode unless `inference=True`.
     eqrnn's single bias becomes `bias_ih`, and `bias_hh` is zero (a GRU's `bias_hn`
     goes to the `n` part of `bias_hh`), so `from_torch(to_torch(model))` gives
-    `model` back bit for bit. Settings that only affect speed (`unroll`, `checkpoint`) are dropped.
+    `model` back bit for bit. Settings that only affect speed (`unroll`,
+    `checkpoint`) are dropped.
 
     !!! example
 
