@@ -5,8 +5,13 @@ Nothing here imports an optimiser library: an optimiser is anything with optax's
 `update(grads, state, params) -> (updates, state)` method.
 """
 
+import contextlib
+import dataclasses
+import hashlib
 import io
 import json
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -229,38 +234,108 @@ def _describe(tree: PyTree) -> list[list[Any]]:
     return out
 
 
+def _stable(value: Any) -> str:
+    """A description of a static value that is the same in every process (a
+    function by its qualified name, not its address)."""
+    if isinstance(value, tuple | list):
+        return "(" + ", ".join(_stable(v) for v in value) + ")"
+    qualname = getattr(value, "__qualname__", None)
+    if callable(value) and qualname is not None:
+        return f"{getattr(value, '__module__', '?')}.{qualname}"
+    return repr(value)
+
+
+def _configuration(tree: Any, path: str = "") -> list[list[str]]:
+    """`[path, description]` of every module's and named tuple's class and every
+    static field: what a model's numbers depend on besides its arrays (an
+    activation function, `reverse`, an optimiser's state types)."""
+    out: list[list[str]] = []
+    if isinstance(tree, eqx.Module):
+        out.append([path or "(root)", type(tree).__qualname__])
+        for field in dataclasses.fields(tree):
+            value = getattr(tree, field.name, None)
+            where = f"{path}.{field.name}"
+            if field.metadata.get("static", False):
+                out.append([where, _stable(value)])
+            else:
+                out += _configuration(value, where)
+    elif isinstance(tree, tuple | list):
+        if hasattr(tree, "_fields"):  # a named tuple: optax's states are
+            out.append([path or "(root)", type(tree).__qualname__])
+        for i, value in enumerate(tree):
+            out += _configuration(value, f"{path}[{i}]")
+    elif isinstance(tree, dict):
+        for key in sorted(tree, key=repr):
+            out += _configuration(tree[key], f"{path}[{key!r}]")
+    return out
+
+
 def save_checkpoint(path: str | Path | io.IOBase, tree: PyTree) -> None:
     """Save a pytree (a model, an optimiser state, a step count, or a tuple of them)
     with `equinox.tree_serialise_leaves`, behind a header that lets
-    `load_checkpoint` check the structure first. No pickle.
+    `load_checkpoint` check it first: the structure, the static configuration
+    (classes, activation functions and other static fields) and a SHA-256 checksum
+    of the arrays. No pickle.
+
+    Saved to a file name, the checkpoint is written to a temporary file next to it,
+    flushed to disk and then renamed over `path`, so a crash or a killed process at
+    any moment leaves either the previous checkpoint or the new one, never a mix.
 
     **Arguments:**
 
     - `path`: a file name or a binary file object.
     - `tree`: what to save.
     """
-    header = json.dumps({"format": _MAGIC, "version": 1, "leaves": _describe(tree)})
-    if isinstance(path, str | Path):
-        with open(path, "wb") as f:
-            save_checkpoint(f, tree)
+    payload = io.BytesIO()
+    eqx.tree_serialise_leaves(payload, tree)
+    data = payload.getvalue()
+    header = json.dumps(
+        {
+            "format": _MAGIC,
+            "version": 2,
+            "leaves": _describe(tree),
+            "configuration": _configuration(tree),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    )
+    if not isinstance(path, str | Path):
+        path.write(header.encode() + b"\n" + data)
         return
-    path.write(header.encode() + b"\n")
-    eqx.tree_serialise_leaves(path, tree)
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header.encode() + b"\n" + data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def load_checkpoint(path: str | Path | io.IOBase, like: PyTree) -> PyTree:
     """Load what `save_checkpoint` wrote into a pytree shaped like `like`.
 
-    The structure is checked before anything is read: a checkpoint of a different
-    model raises `ValueError` naming the first leaf that differs (its path, shape and
-    dtype), and a corrupt or truncated file raises `ValueError` too. Nothing is loaded
+    Everything is checked before anything is loaded: a checkpoint of a different
+    model raises `ValueError` naming the first difference, in its configuration
+    (a class, an activation function, another static field) or in its arrays (the
+    path, shape and dtype of a leaf); a corrupt or truncated file, one whose bytes
+    do not match the saved checksum, raises `ValueError` too. Nothing is loaded
     partially: `like` is never modified and no half-filled tree is returned.
 
     **Arguments:**
 
     - `path`: a file name or a binary file object.
-    - `like`: a pytree with the structure, shapes and dtypes of what was saved (for
-        instance a freshly initialised model and optimiser state).
+    - `like`: a pytree with the structure, configuration, shapes and dtypes of what
+        was saved (for instance a freshly initialised model and optimiser state).
 
     **Returns:**
 
@@ -278,20 +353,63 @@ def load_checkpoint(path: str | Path | io.IOBase, like: PyTree) -> PyTree:
         raise ValueError(
             f"load_checkpoint: {name} is not an eqrnn checkpoint (no valid header)."
         ) from None
-    saved, expected = header["leaves"], _describe(like)
-    for i in range(max(len(saved), len(expected))):
-        got = saved[i] if i < len(saved) else None
-        want = expected[i] if i < len(expected) else None
-        if got != want:
-            raise ValueError(
-                f"load_checkpoint: {name} does not match the structure of `like`: "
-                f"leaf {i} is {_leaf_str(got)} in the checkpoint but "
-                f"{_leaf_str(want)} in `like`."
-            )
+    _check_matches(name, header, like)
+    data = path.read()
+    checksum = header.get("sha256")
+    if checksum is not None and hashlib.sha256(data).hexdigest() != checksum:
+        raise ValueError(
+            f"load_checkpoint: {name} is corrupt or truncated: its arrays do not "
+            "match the checksum saved with them."
+        )
     try:
-        return eqx.tree_deserialise_leaves(path, like)
+        return eqx.tree_deserialise_leaves(io.BytesIO(data), like)
     except Exception as e:  # numpy/equinox raise several kinds on truncated data
         raise ValueError(f"load_checkpoint: {name} is corrupt or truncated: {e}") from e
+
+
+def _first_difference(saved: list[Any], expected: list[Any]) -> int | None:
+    for i in range(max(len(saved), len(expected))):
+        got = saved[i] if i < len(saved) else None
+        if got != (expected[i] if i < len(expected) else None):
+            return i
+    return None
+
+
+def _check_matches(name: str, header: dict[str, Any], like: Any) -> None:
+    """Raise naming the first leaf and the first configuration entry in which the
+    checkpoint and `like` differ."""
+    saved_leaves, leaves = header["leaves"], _describe(like)
+    saved_config, config = header.get("configuration"), _configuration(like)
+    leaf = _first_difference(saved_leaves, leaves)
+    entry = None if saved_config is None else _first_difference(saved_config, config)
+    if leaf is None and entry is None:
+        return
+    messages = []
+    if leaf is not None:
+        got = saved_leaves[leaf] if leaf < len(saved_leaves) else None
+        want = leaves[leaf] if leaf < len(leaves) else None
+        messages.append(
+            f"the structure of `like`: leaf {leaf} is {_leaf_str(got)} in the "
+            f"checkpoint but {_leaf_str(want)} in `like`"
+        )
+    if entry is not None:
+        assert saved_config is not None
+        got = saved_config[entry] if entry < len(saved_config) else None
+        want = config[entry] if entry < len(config) else None
+        messages.append(
+            f"the configuration of `like`: {_item_str(got)} in the checkpoint but "
+            f"{_item_str(want)} in `like`"
+        )
+    raise ValueError(
+        f"load_checkpoint: {name} does not match " + ", nor ".join(messages) + "."
+    )
+
+
+def _item_str(item: list[str] | None) -> str:
+    if item is None:
+        return "nothing"
+    path, value = item
+    return f"`{path}` is {value}"
 
 
 def _leaf_str(leaf: list[Any] | None) -> str:

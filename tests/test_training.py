@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import equinox as eqx
 import jax
@@ -350,3 +351,96 @@ def test_shard_batch_rejects_an_uneven_batch():
     with pytest.raises(ValueError, match="does not divide over 1 devices"):
         eqrnn.shard_batch(jnp.ones(()), batch)
     np.testing.assert_array_equal(eqrnn.shard_batch(jnp.ones(3), batch), jnp.ones(3))
+
+
+def test_a_differently_configured_model_is_refused_naming_the_setting(getkey):
+    key = getkey()
+    cases = [
+        (
+            eqrnn.SimpleCell(2, 4, key=key),
+            eqrnn.SimpleCell(2, 4, activation_fn=jax.nn.relu, key=key),
+            r"`\.activation_fn` is jax\.numpy\.tanh in the checkpoint but "
+            r"`\.activation_fn` is .*relu in `like`",
+        ),
+        (
+            eqrnn.RNN(eqrnn.GRUCell(2, 4, key=key)),
+            eqrnn.RNN(eqrnn.GRUCell(2, 4, key=key), reverse=True),
+            r"`\.reverse` is False in the checkpoint but `\.reverse` is True",
+        ),
+    ]
+    for saved, like, message in cases:
+        buffer = io.BytesIO()
+        eqrnn.save_checkpoint(buffer, saved)
+        buffer.seek(0)
+        with pytest.raises(ValueError, match="configuration of `like`: " + message):
+            eqrnn.load_checkpoint(buffer, like)
+
+
+def test_a_different_optimiser_is_named_by_its_state(getkey):
+    cell = eqrnn.GRUCell(2, 4, key=getkey())
+    params = eqx.filter(cell, eqx.is_inexact_array)
+    buffer = io.BytesIO()
+    eqrnn.save_checkpoint(buffer, (cell, optax.adam(1e-3).init(params)))
+    buffer.seek(0)
+    sgd = optax.sgd(1e-3, momentum=0.9).init(params)
+    with pytest.raises(
+        ValueError,
+        match=r"`\[1\]\[0\]` is ScaleByAdamState in the checkpoint but "
+        r"`\[1\]\[0\]` is TraceState in `like`",
+    ):
+        eqrnn.load_checkpoint(buffer, (cell, sgd))
+
+
+def test_a_flipped_byte_anywhere_in_the_arrays_is_refused(getkey, tmp_path):
+    cell = eqrnn.GRUCell(2, 4, key=getkey())
+    path = tmp_path / "cell.eqx"
+    eqrnn.save_checkpoint(path, cell)
+    data = path.read_bytes()
+    start = data.index(b"\n") + 1
+    for offset in (start, (start + len(data)) // 2, len(data) - 1):
+        corrupt = bytearray(data)
+        corrupt[offset] ^= 0x40
+        path.write_bytes(bytes(corrupt))
+        with pytest.raises(ValueError, match="do not match the checksum"):
+            eqrnn.load_checkpoint(path, cell)
+
+
+_SAVE_FOREVER = textwrap.dedent(
+    """
+    import sys
+    import jax.numpy as jnp
+    import eqrnn
+
+    i = 0
+    while True:
+        i += 1
+        # 8 MB per save, so that a kill often lands inside one.
+        eqrnn.save_checkpoint(
+            sys.argv[1], {"step": jnp.full((2_000_000,), i, jnp.float32)}
+        )
+        print(i, flush=True)
+    """
+)
+
+
+def test_a_process_killed_while_saving_leaves_a_loadable_checkpoint(tmp_path):
+    """`kill -9` at random moments of a save loop: what is left always loads, and
+    holds one save's values throughout (the previous checkpoint or the new one)."""
+    path = tmp_path / "ckpt.eqx"
+    like = {"step": jnp.zeros((2_000_000,), jnp.float32)}
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        with subprocess.Popen(
+            [sys.executable, "-c", _SAVE_FOREVER, str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as process:
+            assert process.stdout is not None
+            process.stdout.readline()  # one save has completed
+            time.sleep(rng.uniform(0.0, 0.3))
+            process.kill()
+        loaded = eqrnn.load_checkpoint(path, like)["step"]
+        assert loaded[0] >= 1 and bool(jnp.all(loaded == loaded[0]))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != path.name]
+    # A killed save may leave its temporary file; never a half-written target.
+    assert all(name.startswith(f".{path.name}.") for name in leftovers), leftovers
