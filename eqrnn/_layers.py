@@ -226,8 +226,12 @@ class RNN(eqx.Module):
         key: PRNGKeyArray | None = None,
     ) -> tuple[Float[Array, " output_size"], PyTree[Float[Array, "..."]]]:
         """One step for streaming inference: feed steps one at a time, carrying the
-        hidden state yourself, and get exactly what `__call__` gives for the whole
-        sequence (`resets` included). Jit it once and call it per step.
+        hidden state yourself, and get what `__call__` gives for the whole sequence
+        (`resets` included): the step runs through the same scan, one step long.
+        On the CPU a step-by-step cell gives the same numbers bit for bit; where
+        the whole sequence's inputs are projected in one matmul (linear cells, GPU
+        and TPU) that matmul may round differently, by float32 rounding. Jit it
+        once and call it per step.
 
         !!! example
 
@@ -245,7 +249,8 @@ class RNN(eqx.Module):
         - `hidden`: the state after the previous step (`init_hidden()` at first).
         - `reset`: start again from `init_hidden()` before this step (an episode
             boundary), as `resets[t]` does in `__call__`.
-        - `key`: passed to stochastic cells.
+        - `key`: for stochastic cells, as `__call__`'s `key` for a one-step
+            sequence.
 
         **Returns:**
 
@@ -256,12 +261,25 @@ class RNN(eqx.Module):
                 "RNN.step: a `reverse=True` layer reads the sequence backwards and "
                 "cannot be streamed one step at a time."
             )
-        # As in the scan helpers: cells without `init_hidden` restart at zero.
-        cell = as_cell(self.cell, hidden, "RNN.step")
-        start = cell.init_hidden()
-        hidden = jax.tree.map(lambda a, b: jnp.where(reset, a, b), start, hidden)
-        new = self.cell(input, hidden, key=key)
-        return cell.output(new), new
+        input = jnp.asarray(input)
+        if input.ndim != 1:
+            raise ValueError(
+                f"RNN.step: `input` must have shape (input_size,), one step of one "
+                f"sequence, got shape {input.shape}. For a batch of streams, "
+                "`jax.vmap(lambda x, h: rnn.step(x, h))(inputs, hiddens)`."
+            )
+        # A one-step sequence through the scan: the same computation as each step
+        # of `__call__`, so streaming gives its numbers bit for bit.
+        outputs, final = self._run(
+            input[None],
+            hidden,
+            length=None,
+            resets=jnp.asarray(reset, bool)[None],
+            key=key,
+            reverse=False,
+            keep_order=None,
+        )
+        return outputs[0], final
 
     def __call__(
         self,

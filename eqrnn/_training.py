@@ -118,9 +118,11 @@ def truncated_bptt(
 
     def train_chunk(params, opt_state, chunk, hidden):
         def loss(params):
-            return loss_fn(
+            out = loss_fn(
                 eqx.combine(params, static), chunk, jax.lax.stop_gradient(hidden)
             )
+            _check_loss_output(out, hidden)
+            return out
 
         (value, new_hidden), grads = jax.value_and_grad(loss, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -149,6 +151,34 @@ def truncated_bptt(
         params, opt_state, hidden, value = train_chunk(params, opt_state, last, hidden)
         losses = jnp.concatenate([losses, value[None]])
     return eqx.combine(params, static), opt_state, hidden, losses
+
+
+def _check_loss_output(out: Any, hidden: Any) -> None:
+    """`loss_fn` returned `(scalar loss, new_hidden)` with `new_hidden` shaped like
+    `hidden` (checked at trace time)."""
+    fix = (
+        "`loss_fn(model, chunk, hidden)` must return `(loss, new_hidden)`: the loss "
+        "and the state after the chunk, which the next chunk starts from, e.g. "
+        "`hs = jax.vmap(...)(...); return jnp.mean(...), final_hidden`"
+    )
+    if not (isinstance(out, tuple) and len(out) == 2):
+        shape = getattr(out, "shape", None)
+        got = type(out).__name__ + ("" if shape is None else f" of shape {shape}")
+        raise TypeError(f"truncated_bptt: {fix}; got {got}.")
+    loss, new_hidden = out
+    if jnp.shape(loss) != ():
+        raise TypeError(
+            f"truncated_bptt: {fix}; the loss has shape {jnp.shape(loss)}, not a "
+            "scalar (reduce it, e.g. with `jnp.mean`)."
+        )
+    shapes = jax.tree.map(jnp.shape, hidden)
+    if jax.tree.structure(new_hidden) != jax.tree.structure(hidden) or (
+        jax.tree.map(jnp.shape, new_hidden) != shapes
+    ):
+        raise TypeError(
+            f"truncated_bptt: {fix}; `new_hidden` is "
+            f"{jax.tree.map(jnp.shape, new_hidden)} but `hidden` is {shapes}."
+        )
 
 
 # --- data parallelism --------------------------------------------------------

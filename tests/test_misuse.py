@@ -120,3 +120,56 @@ def test_to_torch_asks_for_batch_first_and_keeps_the_layout_it_is_given():
     assert to_torch(stack, batch_first=True).batch_first is True
     with pytest.raises(ValueError, match="`batch_first` is a setting"):
         to_torch(eqrnn.GRUCell(3, 4, key=jr.key(0)), batch_first=True)
+
+
+def test_truncated_bptt_with_a_loss_fn_returning_only_the_loss_says_what_to_return():
+    optax = pytest.importorskip("optax")
+    cell = eqrnn.GRUCell(2, 3, key=jr.key(0))
+    optimizer = optax.sgd(1e-2)
+    opt_state = optimizer.init(cell)
+    sequence = jnp.ones((6, 2))
+
+    def loss_only(model, chunk, hidden):
+        return jnp.mean(eqrnn.scan_all_hidden(model, chunk, hidden) ** 2)
+
+    def fixed(model, chunk, hidden):
+        hs = eqrnn.scan_all_hidden(model, chunk, hidden)
+        return jnp.mean(hs**2), hs[-1]
+
+    args = (optimizer, cell, opt_state, sequence, cell.init_hidden())
+    with pytest.raises(TypeError, match=r"must return `\(loss, new_hidden\)`"):
+        eqrnn.truncated_bptt(loss_only, *args, chunk_length=3)  # pyright: ignore[reportArgumentType]
+    *_, losses = eqrnn.truncated_bptt(fixed, *args, chunk_length=3)
+    assert losses.shape == (2,)
+
+
+def test_dir_shows_only_the_public_names():
+    assert "importlib" not in dir(eqrnn)
+    assert set(eqrnn.__all__) <= set(dir(eqrnn))
+
+
+@pytest.mark.parametrize("cls", [eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MinGRU])
+def test_streaming_is_bit_exact_in_float32_for_step_cells_on_cpu(cls):
+    """On the CPU a step-by-step cell projects each step's input inside the loop,
+    so a one-step scan computes what each step of the whole sequence computes. A
+    linear cell (and the GPU's path) projects the whole sequence in one matmul,
+    which may round differently: there the difference is a float32 rounding."""
+    rnn = eqrnn.RNN(cls(3, 5, dtype=jnp.float32, key=jr.key(0)))
+    xs = jr.normal(jr.key(1), (9, 3), jnp.float32)
+    resets = jnp.zeros(9, bool).at[4].set(True)
+    step = jax.jit(lambda x, h, r: rnn.step(x, h, reset=r))
+    hidden = rnn.init_hidden()
+    outputs = []
+    for x, r in zip(xs, resets, strict=True):
+        out, hidden = step(x, hidden, r)
+        outputs.append(out)
+    expected, final = rnn.run(xs, resets=resets)
+    pairs = [(jnp.stack(outputs), expected)]
+    pairs += list(zip(jax.tree.leaves(hidden), jax.tree.leaves(final), strict=True))
+    for got, want in pairs:
+        if issubclass(cls, eqrnn.AbstractStepCell):
+            assert jnp.array_equal(got, want)
+        else:
+            assert jnp.allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"RNN\.step: `input` must have shape"):
+        rnn.step(xs[:2], rnn.init_hidden())
