@@ -313,7 +313,23 @@ class RNN(eqx.Module):
         return (outputs, final) if self.return_hidden else outputs
 
 
-def _concatenate(a: Array, b: Array) -> Array:
+class _Merge:
+    """A built-in merge of `Bidirectional`, shown by its name (one instance per
+    name, so identity is equality)."""
+
+    __slots__ = ("fn", "name")
+
+    def __init__(self, name: str, fn: Callable[[Array, Array], Array]):
+        self.name, self.fn = name, fn
+
+    def __call__(self, a: Array, b: Array) -> Array:
+        return self.fn(a, b)
+
+    def __repr__(self) -> str:
+        return repr(self.name)
+
+
+def _concat_last(a: Array, b: Array) -> Array:
     return jnp.concatenate([a, b], axis=-1)
 
 
@@ -321,15 +337,16 @@ def _mean(a: Array, b: Array) -> Array:
     return (a + b) / 2
 
 
+_concatenate = _Merge("concat", _concat_last)
 _MERGES: dict[str, Callable[[Array, Array], Array]] = {
     "concat": _concatenate,
-    "sum": jnp.add,
-    "mean": _mean,
-    "product": jnp.multiply,
+    "sum": _Merge("sum", jnp.add),
+    "mean": _Merge("mean", _mean),
+    "product": _Merge("product", jnp.multiply),
 }
 
 
-_ELEMENTWISE = (jnp.add, _mean, jnp.multiply)
+_ELEMENTWISE = (_MERGES["sum"], _MERGES["mean"], _MERGES["product"])
 
 
 def _input_size(layer: Any) -> int | None:

@@ -173,3 +173,18 @@ def test_streaming_is_bit_exact_in_float32_for_step_cells_on_cpu(cls):
             assert jnp.allclose(got, want, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"RNN\.step: `input` must have shape"):
         rnn.step(xs[:2], rnn.init_hidden())
+
+
+def test_a_built_in_merge_shows_its_name():
+    flax = pytest.importorskip("flax.nnx")
+    from eqrnn.interop import from_flax
+
+    rngs = flax.Rngs(0)
+    layer = flax.Bidirectional(
+        flax.RNN(flax.GRUCell(3, 4, rngs=rngs)), flax.RNN(flax.GRUCell(3, 4, rngs=rngs))
+    )
+    bi = from_flax(layer)
+    assert "merge='concat'" in repr(bi)
+    assert "merge='sum'" in repr(
+        eqrnn.Bidirectional(bi.forward, bi.backward, merge="sum")
+    )
