@@ -20,6 +20,12 @@ from ._mgu import MGUCell as MGUCell
 from ._min_rnn import MinGRU as MinGRU, MinLSTM as MinLSTM
 from ._platform import tuned_for as tuned_for
 from ._scan import scan_all_hidden as scan_all_hidden, scan_last as scan_last
+from ._sequences import (
+    masked_mean as masked_mean,
+    masked_sum as masked_sum,
+    pad_sequences as pad_sequences,
+    sequence_mask as sequence_mask,
+)
 from ._simple import SimpleCell as SimpleCell
 from ._training import (
     data_parallel_shardings as data_parallel_shardings,
@@ -55,9 +61,13 @@ __all__ = [
     "interop",
     "linear_scan",
     "load_checkpoint",
+    "masked_mean",
+    "masked_sum",
+    "pad_sequences",
     "save_checkpoint",
     "scan_all_hidden",
     "scan_last",
+    "sequence_mask",
     "shard_batch",
     "truncated_bptt",
     "tuned_for",

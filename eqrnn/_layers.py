@@ -55,7 +55,7 @@ def flip_sequence(
     length = check_length(length, num_steps, "flip_sequence")
     if length is None:
         return jnp.flip(inputs, axis=0)
-    t = jnp.arange(num_steps)
+    t = jnp.arange(num_steps, dtype=length.dtype)
     return inputs[jnp.where(t < length, length - 1 - t, t)]
 
 
@@ -670,7 +670,7 @@ class StackedRNN(eqx.Module):
         )
         valid = None
         if length is not None:
-            valid = jnp.arange(jnp.shape(inputs)[0]) < length
+            valid = jnp.arange(inputs.shape[0], dtype=length.dtype) < length
         x = jnp.asarray(inputs)
         finals = []
         for i, (layer, h0, k) in enumerate(

@@ -204,7 +204,10 @@ def run_scan(
     check_same_dtype("inputs", inputs, cell.dtype, where)
     check_same_dtype("hidden", hidden, cell.dtype, where)
 
-    valid = None if length is None else jnp.arange(num_steps) < length
+    # (`arange` in `length`'s dtype: int32 lengths under x64 need no promotion.)
+    valid = (
+        None if length is None else jnp.arange(num_steps, dtype=length.dtype) < length
+    )
     if valid is not None:
         # Padding is replaced by zeros before the cell sees it, so that NaN or inf
         # there reaches neither the state nor (through `where`) any gradient.

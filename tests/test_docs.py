@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import eqrnn
-from eqrnn import _layers
+from eqrnn import _layers, _sequences
 
 
 README = Path(__file__).parent.parent / "README.md"
@@ -26,7 +26,7 @@ def test_readme_python_blocks_run_in_order():
 
 
 def test_docstring_doctests_pass():
-    for module in (_layers,):
+    for module in (_layers, _sequences):
         result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
         assert result.failed == 0, f"{module.__name__}: {result}"
         assert result.attempted > 0
