@@ -11,6 +11,7 @@ from ._layers import (
     Bidirectional as Bidirectional,
     StackedRNN as StackedRNN,
     flip_sequence as flip_sequence,
+    generate as generate,
 )
 from ._linear_cell import AbstractLinearCell as AbstractLinearCell
 from ._linear_scan import linear_scan as linear_scan
@@ -58,6 +59,7 @@ __all__ = [
     "__version__",
     "data_parallel_shardings",
     "flip_sequence",
+    "generate",
     "interop",
     "linear_scan",
     "load_checkpoint",

@@ -778,3 +778,81 @@ def _no_streaming(i: int) -> str:
         f"StackedRNN: layer {i} is a Bidirectional, which reads the whole sequence "
         "and cannot be streamed one step at a time."
     )
+
+
+def generate(
+    layer: "RNN | StackedRNN",
+    first_input: Float[ArrayLike, " input_size"],
+    next_input: Callable[[Array, PRNGKeyArray | None], Array],
+    num_steps: int,
+    hidden: Any = None,
+    *,
+    key: PRNGKeyArray | None = None,
+) -> tuple[Float[Array, "time input_size"], Float[Array, "time output_size"], Any]:
+    """Run a layer in closed loop: each step's output, through `next_input`, becomes
+    the next step's input (sampling from a language model, rolling out a dynamics
+    model). One `jax.lax.scan` over `layer.step`, so it jits into one program.
+
+    !!! example
+
+        ```python
+        rnn = eqrnn.RNN(eqrnn.GRUCell(3, 3, key=jax.random.key(0)))
+        inputs, outputs, hidden = eqrnn.generate(
+            rnn, jnp.ones(3), lambda out, key: jnp.tanh(out), num_steps=50
+        )  # inputs[t + 1] == tanh(outputs[t])
+        ```
+
+    **Arguments:**
+
+    - `layer`: an `RNN` (not reversed) or a `StackedRNN` of such `RNN`s (dropout
+        off, as in `StackedRNN.step`).
+    - `first_input`: the first step's input, shape `(input_size,)`.
+    - `next_input`: `next_input(output, key) -> input`, the next step's input from
+        this step's output (e.g. a readout, a sample and an embedding); `key` is
+        `None` unless `key` is given, else a fresh key per step.
+    - `num_steps`: how many steps to run.
+    - `hidden`: the starting state; default `layer.init_hidden()`.
+    - `key`: split into one key per step for `next_input` (and an `RNN`'s cell).
+
+    **Returns:**
+
+    `(inputs, outputs, hidden)`: every step's input (`inputs[0]` is
+    `first_input`), every step's output, and the final hidden state.
+    """
+    if not isinstance(layer, RNN | StackedRNN):
+        raise TypeError(
+            f"generate: `layer` must be an eqrnn.RNN or StackedRNN, got "
+            f"{type(layer).__name__}. Wrap a cell: `eqrnn.RNN(cell)`."
+        )
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(
+            f"generate: `num_steps` must be a non-negative int, got {num_steps!r}."
+        )
+    first = jnp.asarray(first_input)
+    if hidden is None:
+        hidden = layer.init_hidden()
+    keys = None if key is None else jr.split(key, num_steps)
+
+    def body(carry: Any, step_key: Any) -> tuple[Any, Any]:
+        x, h = carry
+        if step_key is None:
+            cell_key = next_key = None
+        else:
+            cell_key, next_key = jr.split(step_key)
+        if isinstance(layer, RNN):
+            out, h = layer.step(x, h, key=cell_key)
+        else:
+            out, h = layer.step(x, h)
+        new_x = jnp.asarray(next_input(out, next_key))
+        if new_x.shape != x.shape or new_x.dtype != x.dtype:
+            raise ValueError(
+                f"generate: `next_input` must return the next input, shape {x.shape} "
+                f"and dtype {x.dtype} like `first_input`, got shape {new_x.shape} "
+                f"and dtype {new_x.dtype}."
+            )
+        return (new_x, h), (x, out)
+
+    (_, hidden), (inputs, outputs) = jax.lax.scan(
+        body, (first, hidden), keys, length=num_steps
+    )
+    return inputs, outputs, hidden

@@ -363,3 +363,40 @@ def test_bidirectional_and_stacked_resets_equal_their_pieces_and_step(getkey):
     for t in range(x.shape[0]):
         y, hidden = stack.step(x[t], hidden, reset=resets[t])
         assert_tree_allclose(y, out[t])
+
+
+def test_generate_equals_a_python_loop_over_step_and_jits(getkey):
+    k1, k2 = getkey(), getkey()
+    rnn = eqrnn.RNN(eqrnn.GRUCell(3, 3, key=k1))
+    stack = eqrnn.StackedRNN([rnn, eqrnn.RNN(eqrnn.LSTMCell(3, 3, key=k2))])
+    readout = jr.normal(getkey(), (3, 3))
+
+    def next_input(out, key):
+        noise = jnp.zeros(3) if key is None else 0.1 * jr.normal(key, (3,))
+        return jnp.tanh(readout @ out) + noise
+
+    first = jr.normal(getkey(), (3,))
+    for layer in (rnn, stack):
+        inputs, outputs, hidden = jax.jit(
+            lambda layer, first: eqrnn.generate(layer, first, next_input, 6)
+        )(layer, first)
+        x, h = first, layer.init_hidden()
+        for t in range(6):
+            assert_tree_allclose(inputs[t], x)
+            out, h = layer.step(x, h)
+            assert_tree_allclose(outputs[t], out)
+            x = next_input(out, None)
+        assert_tree_allclose(hidden, h)
+        key = getkey()
+        a = eqrnn.generate(layer, first, next_input, 4, key=key)
+        b = eqrnn.generate(layer, first, next_input, 4, key=key)
+        assert_tree_allclose(a, b)
+        assert not jnp.allclose(a[0][1:], inputs[1:4])
+
+
+def test_generate_checks_what_next_input_returns(getkey, no_jaxtyping):
+    rnn = eqrnn.RNN(eqrnn.GRUCell(3, 4, key=getkey()))
+    with pytest.raises(ValueError, match=r"`next_input` must return the next input"):
+        eqrnn.generate(rnn, jnp.ones(3), lambda out, key: out, 3)
+    with pytest.raises(TypeError, match=r"must be an eqrnn\.RNN or StackedRNN"):
+        eqrnn.generate(rnn.cell, jnp.ones(3), lambda out, key: out, 3)  # pyright: ignore[reportArgumentType]
