@@ -639,7 +639,10 @@ class StackedRNN(eqx.Module):
             starting state at these steps (episode boundaries), as `step(...,
             reset=True)` does.
         - `key`: for dropout (needed when `dropout > 0` and not in inference) and
-            stochastic cells.
+            stochastic cells. Under `jax.vmap`, give each example its own key
+            (`jax.vmap(lambda x, k: stack(x, key=k))(batch, jax.random.split(key,
+            len(batch)))`): one key shared by the batch gives every example the
+            same dropout mask.
         - `inference`: overrides the `inference` field for this call.
 
         **Returns:**
