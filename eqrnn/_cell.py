@@ -12,7 +12,16 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._custom_types import Hidden, HiddenLike, Input
 from ._loop import Plan, step_loop
-from ._misc import check_hidden, check_input, check_same_dtype
+from ._misc import (
+    check_bool,
+    check_hidden,
+    check_input,
+    check_same_dtype,
+    check_size,
+    gate_kernels,
+    optional_bias,
+    resolve_dtype,
+)
 
 
 class AbstractCell(eqx.Module):
@@ -160,6 +169,29 @@ class AbstractCell(eqx.Module):
             return self.step(self.project_inputs(jnp.asarray(input)), hidden)  # pyright: ignore[reportArgumentType]
 
 
+class AbstractArrayStateCell(AbstractCell):
+    """A cell whose hidden state is one `(hidden_size,)` array, which is also what
+    the layer above sees."""
+
+    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return ((self.hidden_size,),)
+
+    def output(
+        self, hidden: Float[Array, " hidden_size"]
+    ) -> Float[Array, " hidden_size"]:
+        """What the layer above sees: the hidden state itself.
+
+        **Arguments:**
+
+        - `hidden`: a hidden state of this cell.
+
+        **Returns:**
+
+        `hidden`, of shape `(hidden_size,)`.
+        """
+        return hidden
+
+
 class AbstractStepCell(AbstractCell):
     """A cell run over a sequence one step after another, by `jax.lax.scan`.
 
@@ -217,6 +249,41 @@ class AbstractStackedGatesCell(AbstractStepCell):
         self, inputs: Float[Array, "*time input_size"]
     ) -> Float[Array, "*time projected"]:
         return affine(inputs, self.weight_ih, self.bias)
+
+
+def stacked_gates(
+    where: str,
+    input_size: int,
+    hidden_size: int,
+    num_gates: int,
+    use_bias: bool,
+    kernel_init: Callable[..., Array],
+    recurrent_kernel_init: Callable[..., Array],
+    bias_init: Callable[..., Array],
+    dtype: Any,
+    keys: tuple[PRNGKeyArray, PRNGKeyArray, PRNGKeyArray],
+    recurrent_size: int | None = None,
+) -> tuple[int, int, Any, Array, Array, Array | None]:
+    """For a stacked-gates cell's `__init__`: the checked `input_size` and
+    `hidden_size`, the resolved `dtype`, and `weight_ih`, `weight_hh` (reading
+    `recurrent_size` entries, default `hidden_size`) and `bias`, drawn from
+    `keys = (input key, recurrent key, bias key)`."""
+    input_size = check_size("input_size", input_size)
+    hidden_size = check_size("hidden_size", hidden_size)
+    check_bool(where, "use_bias", use_bias)
+    dtype = resolve_dtype(dtype)
+    ikey, hkey, bkey = keys
+    recurrent_size = hidden_size if recurrent_size is None else recurrent_size
+    return (
+        input_size,
+        hidden_size,
+        dtype,
+        gate_kernels(kernel_init, ikey, input_size, hidden_size, num_gates, dtype),
+        gate_kernels(
+            recurrent_kernel_init, hkey, recurrent_size, hidden_size, num_gates, dtype
+        ),
+        optional_bias(use_bias, bias_init, bkey, num_gates * hidden_size, dtype),
+    )
 
 
 def affine(

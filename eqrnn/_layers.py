@@ -176,8 +176,8 @@ class RNN(eqx.Module):
         length: Any,
         resets: Bool[ArrayLike, " time"] | None,
         key: PRNGKeyArray | None,
-        reverse: bool | None,
-        keep_order: bool | None,
+        reverse: bool | None = None,
+        keep_order: bool | None = None,
         length_checked: bool = False,
     ) -> tuple[Float[Array, "time output_size"], PyTree[Float[Array, "..."]]]:
         """`run`; with `length_checked`, the caller has checked `length`."""
@@ -688,26 +688,14 @@ class StackedRNN(eqx.Module):
                     f"{below} have width {x.shape[1]}. Build layer {i}'s cell with "
                     f"input_size={x.shape[1]}."
                 )
-            if isinstance(layer, RNN):
-                out, final = layer._run(
-                    x,
-                    h0,
-                    length=length,
-                    resets=resets,
-                    key=run_key,
-                    reverse=None,
-                    keep_order=None,
-                    length_checked=True,
-                )
-            else:
-                out, final = layer._run(
-                    x,
-                    h0,
-                    length=length,
-                    resets=resets,
-                    key=run_key,
-                    length_checked=True,
-                )
+            out, final = layer._run(
+                x,
+                h0,
+                length=length,
+                resets=resets,
+                key=run_key,
+                length_checked=True,
+            )
             if self.residual and i > 0:
                 if out.shape != jnp.shape(x):
                     raise ValueError(

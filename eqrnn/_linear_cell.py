@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._cell import AbstractCell
+from ._cell import AbstractArrayStateCell, AbstractCell
 from ._linear_scan import (
     MODES,
     Coefficients,
@@ -174,3 +174,21 @@ class AbstractLinearCell(AbstractCell):
                 hiddens,
             )
         return final, hiddens
+
+
+class AbstractArrayStateLinearCell(AbstractLinearCell, AbstractArrayStateCell):
+    """A linear cell whose hidden state is its linear state, one `(hidden_size,)`
+    array (`MinGRU`, `MinLSTM`, `RGLRU`)."""
+
+    def linear_state(
+        self, hidden: Float[Array, "*time hidden_size"]
+    ) -> Float[Array, "*time hidden_size"]:
+        return hidden
+
+    def hidden_from_state(
+        self,
+        state: Float[Array, "*time hidden_size"],
+        projected: Float[Array, "*time projected"],
+    ) -> Float[Array, "*time hidden_size"]:
+        del projected
+        return state

@@ -12,7 +12,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import affine, default_bias_init, default_kernel_init, initial_hidden
-from ._linear_cell import AbstractLinearCell
+from ._linear_cell import AbstractArrayStateLinearCell, AbstractLinearCell
 from ._misc import check_bool, check_size, gate_kernels, optional_bias, resolve_dtype
 
 
@@ -236,7 +236,7 @@ class LRU(AbstractLinearCell):
         return hidden[0]
 
 
-class RGLRU(AbstractLinearCell):
+class RGLRU(AbstractArrayStateLinearCell):
     r"""The real-gated linear recurrent unit of Griffin (De et al. 2024, "Griffin:
     Mixing Gated Linear Recurrences with Local Attention for Efficient Language
     Models", §2.4, eqs. 1-4), as in RecurrentGemma.
@@ -369,33 +369,3 @@ class RGLRU(AbstractLinearCell):
         a = jnp.exp(log_a)
         scale = jnp.sqrt(-jnp.expm1(2 * log_a))
         return a, scale * (i * x)
-
-    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,),)
-
-    def output(
-        self, hidden: Float[Array, " hidden_size"]
-    ) -> Float[Array, " hidden_size"]:
-        """What the layer above sees: the hidden state itself.
-
-        **Arguments:**
-
-        - `hidden`: a hidden state of this cell.
-
-        **Returns:**
-
-        `hidden`, of shape `(hidden_size,)`.
-        """
-        return hidden
-
-    def linear_state(
-        self, hidden: Float[Array, "*time hidden_size"]
-    ) -> Float[Array, "*time hidden_size"]:
-        return hidden
-
-    def hidden_from_state(
-        self,
-        state: Float[Array, "*time hidden_size"],
-        projected: Float[Array, "*time projected"],
-    ) -> Float[Array, "*time hidden_size"]:
-        return state

@@ -14,16 +14,14 @@ from ._cell import (
     default_recurrent_kernel_init,
     has_default_nonlinearities,
     initial_hidden,
+    stacked_gates,
 )
 from ._custom_types import LSTMHidden
 from ._fused import laid_out, lstm_pointwise
 from ._misc import (
-    check_bool,
     check_forget_bias,
     check_size,
     gate_kernels,
-    optional_bias,
-    resolve_dtype,
 )
 
 
@@ -120,29 +118,38 @@ class LSTMCell(AbstractStackedGatesCell):
                     f"({hidden_size}), got {proj_size}."
                 )
         self.proj_size = proj_size
-        self.input_size = input_size = check_size("input_size", input_size)
-        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size)
-        self.use_bias = check_bool("LSTMCell", "use_bias", use_bias)
-        self.gate_fn = gate_fn
-        self.activation_fn = activation_fn
-        dtype = resolve_dtype(dtype)
         # The first four keys are those of the other cells; `weight_hr` takes a fifth.
         ikey, hkey, bkey, ckey, rkey = jr.split(key, 5)
-        self.weight_ih = gate_kernels(
-            kernel_init, ikey, input_size, hidden_size, 4, dtype
+        (
+            self.input_size,
+            self.hidden_size,
+            dtype,
+            self.weight_ih,
+            self.weight_hh,
+            bias,
+        ) = stacked_gates(
+            "LSTMCell",
+            input_size,
+            hidden_size,
+            4,
+            use_bias,
+            kernel_init,
+            recurrent_kernel_init,
+            bias_init,
+            dtype,
+            (ikey, hkey, bkey),
+            recurrent_size=proj_size,
         )
-        recurrent_size = hidden_size if proj_size is None else proj_size
-        self.weight_hh = gate_kernels(
-            recurrent_kernel_init, hkey, recurrent_size, hidden_size, 4, dtype
-        )
-        bias = optional_bias(use_bias, bias_init, bkey, 4 * hidden_size, dtype)
+        self.use_bias = use_bias
+        self.gate_fn = gate_fn
+        self.activation_fn = activation_fn
         if bias is not None and forget_bias != 0:
-            bias = bias.at[hidden_size : 2 * hidden_size].add(forget_bias)
+            bias = bias.at[self.hidden_size : 2 * self.hidden_size].add(forget_bias)
         self.bias = bias
         self.weight_hr = (
             None
             if proj_size is None
-            else gate_kernels(kernel_init, rkey, hidden_size, proj_size, 1, dtype)
+            else gate_kernels(kernel_init, rkey, self.hidden_size, proj_size, 1, dtype)
         )
         self.initial_hidden = initial_hidden(
             carry_init, ckey, self.hidden_shapes(), dtype

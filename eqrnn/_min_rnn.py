@@ -10,7 +10,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import affine, default_bias_init, default_kernel_init, initial_hidden
-from ._linear_cell import AbstractLinearCell
+from ._linear_cell import AbstractArrayStateLinearCell
 from ._misc import (
     check_bool,
     check_forget_bias,
@@ -34,7 +34,7 @@ def _check_activation(name: str, activation_fn: Any) -> None:
         )
 
 
-class AbstractMinCell(AbstractLinearCell):
+class AbstractMinCell(AbstractArrayStateLinearCell):
     """What minGRU and minLSTM share: every gate is a linear map of the input, and
     the hidden state is the linear state."""
 
@@ -45,36 +45,6 @@ class AbstractMinCell(AbstractLinearCell):
         self, inputs: Float[Array, "*time input_size"]
     ) -> Float[Array, "*time projected"]:
         return affine(inputs, self.weight_ih, self.bias)
-
-    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,),)
-
-    def output(
-        self, hidden: Float[Array, " hidden_size"]
-    ) -> Float[Array, " hidden_size"]:
-        """What the layer above sees: the hidden state itself.
-
-        **Arguments:**
-
-        - `hidden`: a hidden state of this cell.
-
-        **Returns:**
-
-        `hidden`, of shape `(hidden_size,)`.
-        """
-        return hidden
-
-    def linear_state(
-        self, hidden: Float[Array, "*time hidden_size"]
-    ) -> Float[Array, "*time hidden_size"]:
-        return hidden
-
-    def hidden_from_state(
-        self,
-        state: Float[Array, "*time hidden_size"],
-        projected: Float[Array, "*time projected"],
-    ) -> Float[Array, "*time hidden_size"]:
-        return state
 
 
 def _gate_parameters(

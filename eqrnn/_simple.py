@@ -7,19 +7,21 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
+    AbstractArrayStateCell,
     AbstractStackedGatesCell,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
     has_default_nonlinearities,
     initial_hidden,
+    stacked_gates,
 )
 from ._custom_types import HiddenArray
 from ._fused import identity, laid_out
-from ._misc import check_bool, check_size, gate_kernels, optional_bias, resolve_dtype
+from ._misc import check_bool
 
 
-class SimpleCell(AbstractStackedGatesCell):
+class SimpleCell(AbstractStackedGatesCell, AbstractArrayStateCell):
     r"""An Elman cell: $h' = \phi(W_{ih} x + W_{hh} h + b)$.
 
     With `residual=True`, $h' = \phi(W_{ih} x + W_{hh} h + b + h)$, as Flax's
@@ -80,38 +82,31 @@ class SimpleCell(AbstractStackedGatesCell):
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
         self.residual = check_bool("SimpleCell", "residual", residual)
-        self.input_size = input_size = check_size("input_size", input_size)
-        self.hidden_size = hidden_size = check_size("hidden_size", hidden_size)
-        self.use_bias = check_bool("SimpleCell", "use_bias", use_bias)
-        self.activation_fn = activation_fn
-        dtype = resolve_dtype(dtype)
         ikey, hkey, bkey, ckey = jr.split(key, 4)
-        self.weight_ih = gate_kernels(
-            kernel_init, ikey, input_size, hidden_size, 1, dtype
+        (
+            self.input_size,
+            self.hidden_size,
+            dtype,
+            self.weight_ih,
+            self.weight_hh,
+            self.bias,
+        ) = stacked_gates(
+            "SimpleCell",
+            input_size,
+            hidden_size,
+            1,
+            use_bias,
+            kernel_init,
+            recurrent_kernel_init,
+            bias_init,
+            dtype,
+            (ikey, hkey, bkey),
         )
-        self.weight_hh = gate_kernels(
-            recurrent_kernel_init, hkey, hidden_size, hidden_size, 1, dtype
-        )
-        self.bias = optional_bias(use_bias, bias_init, bkey, hidden_size, dtype)
+        self.use_bias = use_bias
+        self.activation_fn = activation_fn
         self.initial_hidden = initial_hidden(
             carry_init, ckey, self.hidden_shapes(), dtype
         )
-
-    def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return ((self.hidden_size,),)
-
-    def output(self, hidden: HiddenArray) -> Float[Array, " hidden_size"]:
-        """What the layer above sees: the hidden state itself.
-
-        **Arguments:**
-
-        - `hidden`: a hidden state of this cell.
-
-        **Returns:**
-
-        `hidden`, of shape `(hidden_size,)`.
-        """
-        return hidden
 
     def fused_step(self, hoisted: bool) -> Callable[[Array, Any], Any] | None:
         if not has_default_nonlinearities(self.activation_fn):

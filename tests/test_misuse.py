@@ -3,10 +3,13 @@ each gets a message that names the argument, and the fix it suggests runs."""
 
 import re
 
+import flax.nnx as flax
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import optax
 import pytest
+import torch
 
 import eqrnn
 
@@ -101,7 +104,6 @@ def test_hidden_is_positional_in_layers_as_in_the_scan_helpers(name):
 
 
 def test_to_torch_asks_for_batch_first_and_keeps_the_layout_it_is_given():
-    torch = pytest.importorskip("torch")
     from eqrnn.interop import from_torch, to_torch
 
     torch.manual_seed(0)
@@ -123,10 +125,9 @@ def test_to_torch_asks_for_batch_first_and_keeps_the_layout_it_is_given():
 
 
 def test_truncated_bptt_with_a_loss_fn_returning_only_the_loss_says_what_to_return():
-    optax = pytest.importorskip("optax")
     cell = eqrnn.GRUCell(2, 3, key=jr.key(0))
     optimizer = optax.sgd(1e-2)
-    opt_state = optimizer.init(cell)
+    opt_state = optimizer.init(cell)  # pyright: ignore[reportArgumentType]
     sequence = jnp.ones((6, 2))
 
     def loss_only(model, chunk, hidden):
@@ -176,7 +177,6 @@ def test_streaming_is_bit_exact_in_float32_for_step_cells_on_cpu(cls):
 
 
 def test_a_built_in_merge_shows_its_name():
-    flax = pytest.importorskip("flax.nnx")
     from eqrnn.interop import from_flax
 
     rngs = flax.Rngs(0)
