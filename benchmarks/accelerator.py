@@ -123,7 +123,9 @@ def equinox_case(cell: Any, lstm: bool, xs: Any) -> dict[str, Any]:
 def flax_case(rnn: eqrnn.RNN, lstm: bool, xs: Any) -> dict[str, Any]:
     from flax import nnx
 
-    graphdef, params, rest = nnx.split(eqrnn.interop.to_flax(rnn), nnx.Param, ...)
+    graphdef, params, rest = nnx.split(
+        eqrnn.interop.to_flax(rnn, lstm_type="plain"), nnx.Param, ...
+    )
     hidden: int = getattr(rnn.cell, "hidden_size")  # noqa: B009
 
     def loss(params: Any, xs: Any) -> Any:

@@ -6,6 +6,10 @@ from . import interop as interop
 from ._adapter import CallableCell as CallableCell
 from ._cell import AbstractCell as AbstractCell, AbstractStepCell as AbstractStepCell
 from ._gru import GRUCell as GRUCell
+from ._layer_norm import (
+    LayerNormGRUCell as LayerNormGRUCell,
+    LayerNormLSTMCell as LayerNormLSTMCell,
+)
 from ._layers import (
     RNN as RNN,
     Bidirectional as Bidirectional,
@@ -35,6 +39,7 @@ from ._training import (
     shard_batch as shard_batch,
     truncated_bptt as truncated_bptt,
 )
+from ._xlstm import MLSTMCell as MLSTMCell, SLSTMCell as SLSTMCell
 
 
 __version__ = _metadata.version("eqrnn")
@@ -49,11 +54,15 @@ __all__ = [
     "GRUCell",
     "LRU",
     "LSTMCell",
+    "LayerNormGRUCell",
+    "LayerNormLSTMCell",
     "MGUCell",
+    "MLSTMCell",
     "MinGRU",
     "MinLSTM",
     "RGLRU",
     "RNN",
+    "SLSTMCell",
     "SimpleCell",
     "StackedRNN",
     "__version__",

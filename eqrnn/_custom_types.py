@@ -15,10 +15,15 @@ HiddenArray: TypeAlias = Float[Array, " hidden_size"]
 LSTMHidden: TypeAlias = tuple[
     Float[Array, " output_size"], Float[Array, " hidden_size"]
 ]
-Hidden: TypeAlias = Float[Array, " output_size"] | LSTMHidden
+# Cells with more state than `(h, c)` (`SLSTMCell`'s `(h, c, n, m)`, `MLSTMCell`'s
+# matrix memory) carry a longer tuple, `h` first.
+Hidden: TypeAlias = (
+    Float[Array, " output_size"] | LSTMHidden | tuple[Float[Array, "..."], ...]
+)
 HiddenLike: TypeAlias = (
     Float[ArrayLike, " output_size"]
     | tuple[Float[ArrayLike, " output_size"], Float[ArrayLike, " hidden_size"]]
+    | tuple[Float[ArrayLike, "..."], ...]
 )
 Hiddens: TypeAlias = (
     Float[Array, "time hidden_size"]

@@ -1,5 +1,6 @@
 """Helpers shared by the cells: dtypes, initialisation and argument checks."""
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +29,17 @@ def check_size(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
     return int(value)
+
+
+def check_positive(where: str, name: str, value: Any) -> float:
+    """A positive Python or NumPy real number, returned as `float`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not 0 < float(value) < math.inf
+    ):
+        raise ValueError(f"{where}: `{name}` must be a positive float, got {value!r}.")
+    return float(value)
 
 
 def check_forget_bias(where: str, forget_bias: Any, use_bias: bool) -> None:

@@ -8,6 +8,7 @@ loop itself is the cell's own `run_sequence`. Callables that are not eqrnn cells
 
 import dataclasses
 import functools
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -264,6 +265,19 @@ def _half_precision_run(
     return jax.tree.map(lambda x: x.astype(dtype), (final, hiddens))
 
 
+class NonFiniteStateError(FloatingPointError):
+    """What `check_finite=True` raises (a `FloatingPointError`, as documented)."""
+
+
+def _not_a_nonfinite_report(record: logging.LogRecord) -> bool:
+    # JAX logs every exception a `jax.debug.callback` raises, with its traceback,
+    # before passing it on; the report raised below is the message itself.
+    return not (record.exc_info and isinstance(record.exc_info[1], NonFiniteStateError))
+
+
+logging.getLogger("jax._src.debugging").addFilter(_not_a_nonfinite_report)
+
+
 def _raise_at_first_nonfinite(
     hiddens: Any, inputs: Array, reverse: bool, where: str
 ) -> None:
@@ -303,7 +317,7 @@ def _report_nonfinite(bad: Any, input_ok: Any, *, reverse: bool, where: str) -> 
             f"{where}: check_finite=True: the hidden state first becomes NaN or inf "
             f"at step {step}{which}, counting steps as indices of `inputs`; {cause}."
         )
-        raise FloatingPointError(message)
+        raise NonFiniteStateError(message)
 
 
 def scan_last(

@@ -93,6 +93,80 @@ def _rg_lru(cell: Any, x: Any, h: Any) -> Any:
     return a * h + np.sqrt(1 - a**2) * (i * x)
 
 
+def _layer_norm(v: Any, weight: Any, bias: Any, eps: float) -> Any:
+    return (v - v.mean()) / np.sqrt(v.var() + eps) * weight + bias
+
+
+def _layer_norm_lstm(cell: Any, x: Any, hidden: Any) -> Any:
+    p, n, eps = _params(cell), cell.hidden_size, cell.eps
+    h, c = hidden
+    g = (
+        _layer_norm(p["weight_ih"] @ x, p["norm_ih_weight"], 0, eps)
+        + _layer_norm(p["weight_hh"] @ h, p["norm_hh_weight"], 0, eps)
+        + p["bias"]
+    )
+    i, f, gg, o = (g[k * n : (k + 1) * n] for k in range(4))
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(gg)
+    normed = _layer_norm(c, p["norm_c_weight"], p["norm_c_bias"], eps)
+    return sigmoid(o) * np.tanh(normed), c
+
+
+def _layer_norm_gru(cell: Any, x: Any, h: Any) -> Any:
+    p, n = _params(cell), cell.hidden_size
+    pre = p["weight_ih"] @ x + p["weight_hh"] @ h
+    parts = _layer_norm(pre, p["norm_weight"], p["norm_bias"], cell.eps)
+    reset, cand, update = parts[:n], parts[n : 2 * n], parts[2 * n :]
+    update = sigmoid(update + cell.update_bias)
+    return update * np.tanh(sigmoid(reset) * cand) + (1 - update) * h
+
+
+def _log_sigmoid(x: Any) -> Any:
+    return -np.logaddexp(0, -x)
+
+
+def _slstm(cell: Any, x: Any, hidden: Any) -> Any:
+    p, n, heads = _params(cell), cell.hidden_size, cell.num_heads
+    size = n // heads
+    h, c, norm, m = hidden
+    # The block-diagonal recurrent matrix of each gate, written out.
+    recurrent = np.zeros((4 * n, n))
+    for k in range(heads):
+        for g in range(4):
+            rows = slice(g * n + k * size, g * n + (k + 1) * size)
+            recurrent[rows, k * size : (k + 1) * size] = p["weight_hh"][
+                k, g * size : (g + 1) * size
+            ]
+    pre = p["weight_ih"] @ x + recurrent @ h + p["bias"]
+    i, f, z, o = (pre[k * n : (k + 1) * n] for k in range(4))
+    m_new = np.where(norm == 0, i, np.maximum(_log_sigmoid(f) + m, i))
+    i_gate, f_gate = np.exp(i - m_new), np.exp(_log_sigmoid(f) + m - m_new)
+    c = f_gate * c + i_gate * np.tanh(z)
+    norm = f_gate * norm + i_gate
+    return sigmoid(o) * c / norm, c, norm, m_new
+
+
+def _mlstm(cell: Any, x: Any, hidden: Any) -> Any:
+    p, n, heads = _params(cell), cell.hidden_size, cell.num_heads
+    size = n // heads
+    _, memory, norm, m = hidden
+    pre = p["weight_ih"] @ x + p["bias"]
+    h = np.zeros(n)
+    memory, norm, m = memory.copy(), norm.copy(), m.copy()
+    for k in range(heads):
+        unit = slice(k * size, (k + 1) * size)
+        q, key, v, o = (pre[g * n :][unit] for g in range(4))
+        key = key / np.sqrt(size)
+        i_pre, f_pre = pre[4 * n + k], pre[4 * n + heads + k]
+        m_new = max(_log_sigmoid(f_pre) + m[k], i_pre)
+        i, f = np.exp(i_pre - m_new), np.exp(_log_sigmoid(f_pre) + m[k] - m_new)
+        memory[k] = f * memory[k] + i * np.outer(v, key)
+        norm[k] = f * norm[k] + i * key
+        m[k] = m_new
+        den = max(abs(norm[k] @ q), np.exp(-m_new)) + cell.eps
+        h[unit] = sigmoid(o) * (memory[k] @ q) / den
+    return h, memory, norm, m
+
+
 @dataclasses.dataclass(frozen=True)
 class CellCase:
     """One cell as the shared tests see it."""
@@ -113,8 +187,10 @@ class CellCase:
         return self.cls.__name__
 
     @property
-    def linear(self) -> bool:
-        return issubclass(self.cls, eqrnn.AbstractLinearCell)
+    def parallel(self) -> bool:
+        """Whether the cell also runs in parallel over time (the linear cells and
+        `MLSTMCell`: every `mode` of the scan helpers)."""
+        return "associative" in self.cls.modes
 
     def make(self, input_size: int, hidden_size: int, **kwargs: Any) -> Any:
         """The cell at these sizes (`RGLRU`: `input_size` becomes `hidden_size`)."""
@@ -128,12 +204,16 @@ CASES = (
     CellCase(eqrnn.GRUCell, _gru, num_gates=3),
     CellCase(eqrnn.LSTMCell, _lstm, num_gates=4),
     CellCase(eqrnn.MGUCell, _mgu, num_gates=2),
+    CellCase(eqrnn.LayerNormLSTMCell, _layer_norm_lstm, num_gates=4),
+    CellCase(eqrnn.LayerNormGRUCell, _layer_norm_gru, num_gates=3),
+    CellCase(eqrnn.SLSTMCell, _slstm),
     CellCase(eqrnn.MinGRU, _min_gru),
     CellCase(eqrnn.MinLSTM, _min_lstm),
     CellCase(eqrnn.LRU, _lru, options=(("state_size", 3),)),
     CellCase(eqrnn.RGLRU, _rg_lru, square=True),
+    CellCase(eqrnn.MLSTMCell, _mlstm, options=(("num_heads", 2),)),
 )
 BY_CLASS = {case.cls: case for case in CASES}
-STEP_CELLS = [case.cls for case in CASES if not case.linear]
-LINEAR_CELLS = [case.cls for case in CASES if case.linear]
+STEP_CELLS = [case.cls for case in CASES if not case.parallel]
+PARALLEL_CELLS = [case.cls for case in CASES if case.parallel]
 ALL_CELLS = [case.cls for case in CASES]

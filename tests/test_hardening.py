@@ -18,7 +18,7 @@ import pytest
 import eqrnn
 
 from .helpers import assert_tree_allclose
-from .registry import ALL_CELLS, LINEAR_CELLS
+from .registry import ALL_CELLS, PARALLEL_CELLS
 
 
 # Each test runs under the CPU's and the GPU's choices (`eqrnn.tuned_for`).
@@ -30,7 +30,9 @@ LENGTHS = jnp.array([6, 4, 1, 0])
 
 
 def _modes(cls: type) -> list[Any]:
-    return ["sequential", "associative", "chunked"] if cls in LINEAR_CELLS else ["auto"]
+    return (
+        ["sequential", "associative", "chunked"] if cls in PARALLEL_CELLS else ["auto"]
+    )
 
 
 def _readout(tree: Any) -> Any:
@@ -132,7 +134,9 @@ def test_nan_in_a_valid_step_propagates_and_is_not_masked(cls, getkey):
     xs = jr.normal(getkey(), (TIME, WIDTH)).at[2, 0].set(jnp.nan)
     for reverse, poisoned in ((False, slice(2, None)), (True, slice(0, 3))):
         hs = jax.tree.leaves(_scan_with_nan(cell, xs, reverse))
-        finite = np.stack([np.isfinite(h).all(axis=-1) for h in hs]).all(axis=0)
+        finite = np.stack(
+            [np.isfinite(h).reshape(TIME, -1).all(axis=1) for h in hs]
+        ).all(axis=0)
         expected = np.ones(TIME, bool)
         expected[poisoned] = False
         np.testing.assert_array_equal(finite, expected)

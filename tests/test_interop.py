@@ -460,7 +460,7 @@ def test_flax_unroll_maps_its_default_to_auto(flax_unroll, eqrnn_unroll):
 
 def test_to_flax_lstm_type_picks_the_flax_class(getkey):
     cell = random_params(eqrnn.LSTMCell(INPUT, HIDDEN, key=getkey()), getkey())
-    plain = to_flax(cell)
+    plain = to_flax(cell, lstm_type="plain")
     optimized = to_flax(cell, lstm_type="optimized")
     assert type(plain) is nnx.LSTMCell and type(optimized) is nnx.OptimizedLSTMCell
     assert _bitwise_equal(from_flax(plain), cell)

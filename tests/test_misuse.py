@@ -188,3 +188,36 @@ def test_a_built_in_merge_shows_its_name():
     assert "merge='sum'" in repr(
         eqrnn.Bidirectional(bi.forward, bi.backward, merge="sum")
     )
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_check_finite_raises_its_message_without_a_logged_traceback(jit, caplog):
+    cell = eqrnn.GRUCell(2, 3, key=jr.key(0))
+    xs = jnp.ones((5, 2)).at[2, 0].set(jnp.nan)
+
+    def run(cell, xs):
+        return eqrnn.scan_last(cell, xs, check_finite=True)
+
+    caplog.set_level("DEBUG")
+    error = FloatingPointError if not jit else Exception
+    with pytest.raises(error, match="first becomes NaN or inf at step 2"):
+        jax.block_until_ready((jax.jit(run) if jit else run)(cell, xs))
+    assert not [r for r in caplog.records if "callback failed" in r.getMessage()]
+
+
+def test_to_flax_asks_which_flax_lstm_and_keeps_the_class_it_is_given():
+    from eqrnn.interop import from_flax, to_flax
+
+    optimized = flax.OptimizedLSTMCell(3, 4, rngs=flax.Rngs(0))
+    cell = from_flax(optimized)
+    for model in (cell, eqrnn.RNN(cell)):
+        with pytest.raises(ValueError, match="pass `lstm_type=") as e:
+            to_flax(model)  # pyright: ignore[reportCallIssue, reportArgumentType]
+        fix = re.search(r"`(to_flax\(model, lstm_type=\"optimized\"\))`", str(e.value))
+        assert fix is not None, e.value
+        back = eval(fix.group(1), {"to_flax": to_flax, "model": model})
+        back_cell = back if model is cell else back.cell
+        assert type(back_cell) is flax.OptimizedLSTMCell
+    assert type(to_flax(cell, lstm_type="plain")) is flax.LSTMCell
+    # Cells with one Flax counterpart need no `lstm_type`.
+    assert type(to_flax(eqrnn.SimpleCell(3, 4, key=jr.key(0)))) is flax.SimpleCell

@@ -19,7 +19,7 @@ from .registry import sigmoid as _sigmoid
 
 
 MODES: list[Any] = ["sequential", "associative", "chunked"]
-CASES = {case.name: case for case in registry.CASES if case.linear}
+CASES = {case.name: case for case in registry.CASES if case.parallel}
 NAMES = list(CASES)
 
 
@@ -158,7 +158,7 @@ def _checkpointed(cell, xs, resets, weights):
     return out
 
 
-@pytest.mark.parametrize("name", ["MinGRU", "MinLSTM", "LRU", "RGLRU"])
+@pytest.mark.parametrize("name", NAMES)
 def test_checkpoint_keeps_results_and_gradients(name, getkey):
     cell = make_cell(name, getkey())
     xs = jr.normal(getkey(), (10, cell.input_size))

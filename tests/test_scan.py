@@ -161,7 +161,7 @@ def test_gradients_through_the_scan_pass_check_grads_in_float64(cls, getkey):
         # check_grads feeds NumPy arrays; the cell's fields are JAX arrays.
         c = eqx.combine(jax.tree.map(jnp.asarray, params), static)
         hiddens = eqrnn.scan_all_hidden(c, xs, length=4, reverse=True)
-        out = hiddens[0] if cls is eqrnn.LSTMCell else hiddens
+        out = jax.vmap(c.output)(hiddens)
         return jnp.sum(jnp.sin(out) * weights)
 
     check_grads(loss, (params, xs), order=1, modes=["rev"])

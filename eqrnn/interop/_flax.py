@@ -213,7 +213,7 @@ def _set(layer: Any, name: str, value: Array) -> None:
     variable.set_value(value)
 
 
-def _cell_to_flax(nnx: Any, cell: Any, lstm_type: str) -> Any:
+def _cell_to_flax(nnx: Any, cell: Any, lstm_type: str | None) -> Any:
     cell = check_cell(cell, "Flax NNX")
     name = type(cell).__name__
     if cell.bias is None:
@@ -259,6 +259,15 @@ def _cell_to_flax(nnx: Any, cell: Any, lstm_type: str) -> Any:
         _set(out.dense_i, "bias", bias)
         _set(out.dense_h, "kernel", w_hh)
         return out
+    if lstm_type is None:
+        raise ValueError(
+            "to_flax: an LSTMCell has two Flax NNX counterparts, with the same numbers "
+            'and differently named parameters: pass `lstm_type="plain"` for '
+            'nnx.LSTMCell or `lstm_type="optimized"` for nnx.OptimizedLSTMCell. '
+            "The eqrnn cell does not record which one `from_flax` read, e.g. "
+            '`to_flax(model, lstm_type="optimized")` for a model that came from an '
+            "nnx.OptimizedLSTMCell."
+        )
     if lstm_type == "optimized":
         out = nnx.OptimizedLSTMCell(*sizes, **kwargs)
         _set(out.dense_i, "kernel", w_ih)
@@ -275,7 +284,7 @@ def _cell_to_flax(nnx: Any, cell: Any, lstm_type: str) -> Any:
     return out
 
 
-def _rnn_to_flax(nnx: Any, rnn: RNN, lstm_type: str) -> Any:
+def _rnn_to_flax(nnx: Any, rnn: RNN, lstm_type: str | None) -> Any:
     return nnx.RNN(
         _cell_to_flax(nnx, rnn.cell, lstm_type),
         reverse=rnn.reverse,
@@ -287,20 +296,18 @@ def _rnn_to_flax(nnx: Any, rnn: RNN, lstm_type: str) -> Any:
 
 @overload
 def to_flax(
-    module: SimpleCell, *, lstm_type: Literal["plain", "optimized"] = "plain"
+    module: SimpleCell, *, lstm_type: Literal["plain", "optimized"] | None = None
 ) -> "nnx.SimpleCell": ...
 
 
 @overload
 def to_flax(
-    module: GRUCell, *, lstm_type: Literal["plain", "optimized"] = "plain"
+    module: GRUCell, *, lstm_type: Literal["plain", "optimized"] | None = None
 ) -> "nnx.GRUCell": ...
 
 
 @overload
-def to_flax(
-    module: LSTMCell, *, lstm_type: Literal["plain"] = "plain"
-) -> "nnx.LSTMCell": ...
+def to_flax(module: LSTMCell, *, lstm_type: Literal["plain"]) -> "nnx.LSTMCell": ...
 
 
 @overload
@@ -311,18 +318,18 @@ def to_flax(
 
 @overload
 def to_flax(
-    module: RNN, *, lstm_type: Literal["plain", "optimized"] = "plain"
+    module: RNN, *, lstm_type: Literal["plain", "optimized"] | None = None
 ) -> "nnx.RNN": ...
 
 
 @overload
 def to_flax(
-    module: Bidirectional, *, lstm_type: Literal["plain", "optimized"] = "plain"
+    module: Bidirectional, *, lstm_type: Literal["plain", "optimized"] | None = None
 ) -> "nnx.Bidirectional": ...
 
 
 def to_flax(
-    module: eqx.Module, *, lstm_type: Literal["plain", "optimized"] = "plain"
+    module: eqx.Module, *, lstm_type: Literal["plain", "optimized"] | None = None
 ) -> Any:
     """Convert an eqrnn cell, `RNN` or `Bidirectional` to Flax NNX.
 
@@ -348,9 +355,11 @@ def to_flax(
 
     - `module`: an eqrnn `SimpleCell`, `GRUCell` or `LSTMCell`, or an `RNN` or
         `Bidirectional` holding one.
-    - `lstm_type`: which Flax class an `LSTMCell` becomes: `"plain"` (default) for
+    - `lstm_type`: which Flax class an `LSTMCell` becomes: `"plain"` for
         `nnx.LSTMCell` (eight separate dense layers) or `"optimized"` for
-        `nnx.OptimizedLSTMCell` (two fused ones). (Keyword only argument.)
+        `nnx.OptimizedLSTMCell` (two fused ones). Required where `module` holds an
+        `LSTMCell` (the cell does not record which class `from_flax` read), not used
+        otherwise. (Keyword only argument.)
 
     **Returns:**
 
@@ -362,9 +371,10 @@ def to_flax(
     `use_bias=False` (Flax's cells always have a trainable bias); a `GRUCell` whose
     `bias_hn` is not zero (Flax's GRU has no b_hn); an `LSTMCell` with `proj_size`; a
     non-zero learned starting state (`carry_init`); a `StackedRNN` (Flax has no
-    stacked RNN: convert its layers one by one). `TypeError` for anything else.
+    stacked RNN: convert its layers one by one); an `LSTMCell` without `lstm_type`.
+    `TypeError` for anything else.
     """
-    if lstm_type not in ("plain", "optimized"):
+    if lstm_type not in ("plain", "optimized", None):
         raise ValueError(
             f"to_flax: `lstm_type` must be 'plain' or 'optimized', got {lstm_type!r}."
         )
