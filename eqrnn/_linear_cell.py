@@ -15,6 +15,7 @@ from ._linear_scan import (
     linear_scan_final,
     mask_coefficients,
     mul_add,
+    resolve_mode,
 )
 from ._loop import Plan, in_chunks, tree_where
 
@@ -104,7 +105,8 @@ class AbstractLinearCell(AbstractCell):
         # coefficients, and the engine carries the linear state rather than the
         # hidden state (they differ for `LRU`, whose hidden state holds its output).
         reset_linear = self.linear_state(self.init_hidden())
-        if plan.chunk == 3 and plan.mode != "sequential":
+        mode = resolve_mode(plan.mode)
+        if plan.chunk == 3 and mode != "sequential":
             # XLA's CPU backend (jax 0.10.2) crashes at run time on chunks of 3 in
             # the gradient of `LRU`, reversed, with resets; 4 gives the same numbers.
             plan = dataclasses.replace(plan, chunk=4)
@@ -122,7 +124,7 @@ class AbstractLinearCell(AbstractCell):
                 a,
                 b,
                 carry,
-                mode=plan.mode,
+                mode=mode,
                 reverse=plan.reverse,
                 unroll=plan.unroll,
                 stack=plan.stack,

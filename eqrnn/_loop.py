@@ -22,7 +22,8 @@ class Plan(eqx.Module):
     - `reverse`, `stack`: run backwards; return every step's state too.
     - `unroll`: steps per `jax.lax.scan` iteration (resolved for the platform).
     - `chunk`: steps per checkpointed chunk, or `None`.
-    - `mode`: how a linear cell runs over time (resolved for the platform).
+    - `mode`: how a cell that runs in parallel over time runs (`"auto"` is left
+      for the cell's family to resolve).
     - `hoist`: whether a step-by-step cell projects every input before the loop.
     - `where`: the public function, for error messages.
     """

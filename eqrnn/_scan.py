@@ -23,7 +23,7 @@ from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray
 from ._adapter import as_cell, modes_of
 from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
-from ._linear_scan import Mode, check_mode, resolve_mode
+from ._linear_scan import Mode, check_mode
 from ._loop import Plan
 from ._misc import check_bool, check_same_dtype
 from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
@@ -222,7 +222,7 @@ def run_scan(
         stack=stack or options.check_finite,
         unroll=resolve_unroll(options.unroll, num_steps if chunk is None else chunk),
         chunk=chunk,
-        mode=resolve_mode(options.mode),
+        mode=options.mode,
         hoist=hoists_projection(),
         where=where,
     )

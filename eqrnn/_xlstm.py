@@ -20,7 +20,11 @@ from ._cell import (
     default_recurrent_kernel_init,
     initial_hidden,
 )
-from ._linear_scan import MODES, linear_scan_final, mask_coefficients
+from ._linear_scan import (
+    MODES,
+    linear_scan_final,
+    mask_coefficients,
+)
 from ._loop import Plan, in_chunks, step_loop
 from ._misc import (
     check_bool,
@@ -204,6 +208,9 @@ class SLSTMCell(AbstractStackedGatesCell):
         return None
 
 
+# Steps per block of `MLSTMCell`'s chunkwise form (see benchmarks/NOTES.md).
+_BLOCK = 32
+
 MLSTMHidden = tuple[
     Float[Array, " hidden_size"],
     Float[Array, "num_heads head_size head_size"],
@@ -236,13 +243,19 @@ class MLSTMCell(AbstractCell):
     $\epsilon$ is the xLSTM package's `1e-6`.
 
     `weight_ih` is `(4 * hidden_size + 2 * num_heads, input_size)`, stacked in the
-    order q, k, v, o, i, f. Through `scan_last`/`scan_all_hidden` with
-    `mode="associative"` or `"chunked"`, the gates of every step are computed at
-    once, the stabilisers by a parallel max-plus scan, and the memories by
-    `eqrnn.linear_scan`; `mode="sequential"` runs the recurrent form step by step
-    (`"auto"` picks as for the linear cells). Both give the same numbers to
-    rounding. The parallel form keeps every step's `C` (`time * hidden_size *
-    head_size` numbers).
+    order q, k, v, o, i, f. The scan helpers' `mode` picks the form:
+
+    - `"chunked"` (and `"auto"`): the chunkwise-parallel form. Within blocks of 32
+        steps each output is a masked, stabilised attention over the block plus the
+        memory carried into it, and one `jax.lax.scan` step carries the memory
+        from block to block. Each step's memory `C` is formed only where the
+        stacked hidden states are used (an `RNN` layer uses `h` alone).
+    - `"associative"`: the stabilisers by a parallel max-plus scan and every
+        step's memory by `eqrnn.linear_scan`, of depth `log2(time)`; it keeps
+        every step's `C` (`time * hidden_size * head_size` numbers).
+    - `"sequential"`: the recurrent form, one step after another.
+
+    All three give the same numbers to rounding.
 
     !!! example
 
@@ -385,14 +398,77 @@ class MLSTMCell(AbstractCell):
     def run_sequence(
         self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
-        if plan.mode == "sequential":
+        # "auto": the chunkwise form (see the class docstring).
+        mode = "chunked" if plan.mode == "auto" else plan.mode
+        if mode == "sequential":
             xs = self.project_inputs(inputs)
             return step_loop(
                 lambda x, h, k: self.step(x, h), xs, hidden, self.init_hidden(), plan
             )
-        return in_chunks(self._parallel_chunk(plan), hidden, inputs, plan)
+        run = self._chunkwise if mode == "chunked" else self._associative
+        return in_chunks(run(plan), hidden, inputs, plan)
 
-    def _parallel_chunk(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
+    def _chunkwise(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
+        """`run(hidden, (inputs, valid, resets, keys))` for `in_chunks`: the
+        chunkwise-parallel form. Within blocks of `_BLOCK` steps every
+        output is a masked, stabilised attention over the block plus the memory
+        carried into it; a `lax.scan` carries the memory from block to block. No
+        step's memory is formed unless the stacked states are used."""
+        hs, eps = self.hidden_size, self.eps
+        init = cast(MLSTMHidden, self.init_hidden())
+
+        def run(carry: Any, seq_in: Any) -> tuple[Any, Any]:
+            x, ok, reset, _ = seq_in
+            num_steps = x.shape[0]
+            if num_steps == 0:
+                return carry, _empty_like(carry) if plan.stack else None
+            valid = jnp.ones(num_steps, bool) if ok is None else ok
+            if reset is not None:
+                reset = reset & valid  # a reset in the padding is ignored
+            if plan.reverse:
+                x, valid = x[::-1], valid[::-1]
+                reset = None if reset is None else reset[::-1]
+            block = min(_BLOCK, num_steps)
+            num_blocks = -(-num_steps // block)
+            pad = num_blocks * block - num_steps
+
+            def blocks(a: Array) -> Array:
+                a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+                return a.reshape(num_blocks, block, *a.shape[1:])
+
+            per_step = (*self._split(self.project_inputs(x)), valid)
+            if reset is not None:
+                per_step += (reset,)
+            q, k, v, o, i_pre, f_pre, valid_b, *reset_b = jax.tree.map(blocks, per_step)
+            # A padded step (the blocks' own padding too) is the identity: forget
+            # nothing, write nothing.
+            log_f = jnp.where(valid_b[..., None], jax.nn.log_sigmoid(f_pre), 0)
+            i_pre = jnp.where(valid_b[..., None], i_pre, -jnp.inf)
+            # Heads first: (blocks, heads, block, ...).
+            q, k, v, log_f, i_pre = (a.swapaxes(1, 2) for a in (q, k, v, log_f, i_pre))
+            body = _mlstm_block(init, hs, eps, plan.stack)
+            final, stacked = jax.lax.scan(
+                body, carry, (q, k, v, o, log_f, i_pre, valid_b, *reset_b)
+            )
+            if stacked is None:
+                return final, None
+            stacked = jax.tree.map(
+                lambda a: a.reshape(num_blocks * block, *a.shape[2:])[:num_steps],
+                stacked,
+            )
+            stacked = jax.tree.map(
+                lambda a: jnp.where(
+                    valid.reshape(-1, *(1,) * (a.ndim - 1)), a, jnp.zeros((), a.dtype)
+                ),
+                stacked,
+            )
+            if plan.reverse:
+                stacked = jax.tree.map(lambda a: a[::-1], stacked)
+            return final, stacked
+
+        return run
+
+    def _associative(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
         """`run(hidden, (inputs, valid, resets, keys))` for `in_chunks`: the
         parallel form over one chunk of steps (the whole sequence unless
         checkpointed)."""
@@ -443,7 +519,7 @@ class MLSTMCell(AbstractCell):
                 a,
                 b,
                 flat(memory0, norm0),
-                mode=plan.mode,
+                mode="associative",
                 reverse=reverse,
                 unroll=plan.unroll,
                 stack=plan.stack,
@@ -474,6 +550,84 @@ class MLSTMCell(AbstractCell):
             return (h, memory, norm, m_final), stacked
 
         return run
+
+
+def _empty_like(hidden: Any) -> Any:
+    return jax.tree.map(lambda h: jnp.zeros((0, *h.shape), h.dtype), hidden)
+
+
+def _mlstm_block(
+    init: MLSTMHidden, hidden_size: int, eps: float, stack: bool
+) -> Callable[[Any, Any], tuple[Any, Any]]:
+    """The `lax.scan` body of the chunkwise form: one block of steps from the
+    memory carried into it, heads on the leading axis (`q`, `k`, `v`: `(heads,
+    block, head_size)`; gates `(heads, block)`).
+
+    With `F_t` the block's cumulative log forget gates, step `t` reads step `s <= t`
+    of its segment (the steps since the last reset) with log weight
+    `D_ts = F_t - F_s + i_s`, and the segment's starting memory (the carried one,
+    or after a reset the starting state) with `g_t = F_t - F_start + m_start`. The
+    stabiliser is `m_t = max(g_t, max_s D_ts)`, which is the recurrence's."""
+    _, init_memory, init_norm, init_m = init
+
+    def body(carry: Any, inputs: Any) -> tuple[Any, Any]:
+        h0, memory0, norm0, m0 = carry
+        q, k, v, o, log_f, i_pre, valid, *rest = inputs
+        steps = jnp.arange(valid.shape[0])
+        cum = jnp.cumsum(log_f, axis=1)
+        causal = steps[:, None] >= steps[None, :]
+        base_memory, base_norm = memory0[:, None], norm0[:, None]
+        if rest:
+            (reset,) = rest
+            # The last reset at or before each step (-1: none in this block).
+            start = jax.lax.cummax(jnp.where(reset, steps, -1))
+            restarted = start >= 0
+            before = (cum - log_f)[:, jnp.maximum(start, 0)]  # F before the reset
+            cum_start = jnp.where(restarted, before, 0)
+            m_start = jnp.where(restarted, init_m[:, None], m0[:, None])
+            causal = causal & (start[:, None] == start[None, :])
+            base_memory = jnp.where(
+                restarted[:, None, None], init_memory[:, None], base_memory
+            )
+            base_norm = jnp.where(restarted[:, None], init_norm[:, None], base_norm)
+        else:
+            cum_start, m_start = 0, m0[:, None]
+        g = cum - cum_start + m_start
+        log_w = cum[:, :, None] - cum[:, None, :] + i_pre[:, None, :]
+        log_w = jnp.where(causal, log_w, -jnp.inf)
+        m = jnp.maximum(g, jnp.max(log_w, axis=2))
+        w = jnp.exp(log_w - m[..., None])
+        decay = jnp.exp(g - m)
+        scores = jnp.einsum("ktd,ksd->kts", q, k) * w
+        # `base_memory` is (heads, 1 or block, head_size, head_size).
+        start_q = jnp.einsum("ktvd,ktd->ktv", base_memory, q)
+        start_nq = jnp.einsum("ktd,ktd->kt", base_norm, q)
+        num = decay[..., None] * start_q + scores @ v
+        den = decay * start_nq + jnp.sum(scores, axis=2)
+        den = jnp.maximum(jnp.abs(den), jnp.exp(-m)) + jnp.asarray(eps, m.dtype)
+        hs = (num / den[..., None]).swapaxes(0, 1).reshape(-1, hidden_size)
+        hs = jax.nn.sigmoid(o) * hs
+
+        def memories(w: Array, decay: Array, base_memory: Array, base_norm: Array):
+            """The memory and normaliser after the steps whose rows `w` holds."""
+            memory = decay[..., None, None] * base_memory + jnp.einsum(
+                "kts,ksv,ksd->ktvd", w, v, k
+            )
+            norm = decay[..., None] * base_norm + jnp.einsum("kts,ksd->ktd", w, k)
+            return memory, norm
+
+        memory, norm = memories(
+            w[:, -1:], decay[:, -1:], base_memory[:, -1:], base_norm[:, -1:]
+        )
+        last = jnp.max(jnp.where(valid, steps, 0))
+        h = jnp.where(valid.any(), hs[last], h0)
+        final = (h, memory[:, 0], norm[:, 0], m[:, -1])
+        if not stack:
+            return final, None
+        all_memory, all_norm = memories(w, decay, base_memory, base_norm)
+        return final, (hs, *(x.swapaxes(0, 1) for x in (all_memory, all_norm, m)))
+
+    return body
 
 
 def _max_plus(earlier: Any, later: Any) -> Any:
