@@ -3,6 +3,7 @@ cells: several heads, the stabiliser over long sequences, the chunkwise form ove
 many blocks, and training."""
 
 import re
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -86,7 +87,7 @@ def test_mlstm_forms_agree_over_many_blocks_in_float64(getkey):
     @eqx.filter_jit
     def run(cell, mode):
         def loss(cell):
-            kw = dict(length=66, resets=resets, mode=mode)
+            kw: dict[str, Any] = dict(length=66, resets=resets, mode=mode)
             outs = (
                 eqrnn.scan_all_hidden(cell, xs, hidden, **kw),
                 eqrnn.scan_last(cell, xs, hidden, reverse=True, checkpoint=30, **kw),
