@@ -1244,9 +1244,20 @@ CELL_CLASSES: dict[str, type[Any]] = {
     "minlstm": eqrnn.MinLSTM,
     "lru": eqrnn.LRU,
     "rglru": eqrnn.RGLRU,
+    "lnlstm": eqrnn.LayerNormLSTMCell,
+    "lngru": eqrnn.LayerNormGRUCell,
+    "slstm": eqrnn.SLSTMCell,
+    "mlstm": eqrnn.MLSTMCell,
+}
+# Constructor options besides the sizes: xLSTM's cells with four heads.
+CELL_OPTIONS: dict[str, dict[str, Any]] = {
+    "slstm": {"num_heads": 4},
+    "mlstm": {"num_heads": 4},
 }
 ALL_CELLS = tuple(CELL_CLASSES)
 LINEAR_CELLS = ("mingru", "minlstm", "lru", "rglru")
+# The cells that run in every `--scan-modes` (in parallel over time).
+MODE_CELLS = (*LINEAR_CELLS, "mlstm")
 SCAN_MODES = ("sequential", "associative", "chunked")
 
 PARALLEL_BASELINE = "gru"
@@ -1286,7 +1297,8 @@ def make_cell(name: str, size: int, seed: int) -> Any:
     """An eqrnn cell with `input_size = hidden_size = size`, float32, default
     initialisation from `seed`."""
     cls = CELL_CLASSES[name]
-    return cls(size, size, dtype=jnp.float32, key=jax.random.key(seed))
+    options = CELL_OPTIONS.get(name, {})
+    return cls(size, size, dtype=jnp.float32, key=jax.random.key(seed), **options)
 
 
 def output_sum_loss(
@@ -1398,7 +1410,7 @@ def run_parallel_study(config: BenchConfig, out: TextOut) -> dict[str, Any]:
         impls: list[Implementation] = []
         keys: list[tuple[str, str | None]] = []
         for cell in cells:
-            for mode in (None,) if cell not in LINEAR_CELLS else modes:
+            for mode in (None,) if cell not in MODE_CELLS else modes:
                 impls.append(
                     build_cell_implementation(
                         cell, size, inputs, config.seed, mode=mode
@@ -1577,7 +1589,7 @@ def run_long_configuration(spec: dict[str, Any]) -> dict[str, Any]:
     result["rss"] = rss
 
     inputs = study_inputs(batch, t, size, spec["seed"])
-    mode = spec["mode"] if spec["cell"] in LINEAR_CELLS else "auto"
+    mode = spec["mode"] if spec["cell"] in MODE_CELLS else "auto"
     impl = build_cell_implementation(
         spec["cell"],
         size,
@@ -1724,7 +1736,7 @@ def run_long_study(config: BenchConfig, out: TextOut) -> dict[str, Any]:
         ]
     ]
     for cell in cells:
-        for mode in modes if cell in LINEAR_CELLS else ("auto",):
+        for mode in modes if cell in MODE_CELLS else ("auto",):
             for t in lengths:
                 pair = []
                 for checkpoint in (True, False):
@@ -1749,7 +1761,7 @@ def run_long_study(config: BenchConfig, out: TextOut) -> dict[str, Any]:
                     pair.append(result)
                     print(_long_progress(result), file=out)
                     out.flush()
-                rows.append(_long_row(pair, mode if cell in LINEAR_CELLS else "-"))
+                rows.append(_long_row(pair, mode if cell in MODE_CELLS else "-"))
     print("", file=out)
     print("\n".join(_table(rows, left=2)), file=out)
     for r in study["results"]:

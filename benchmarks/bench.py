@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"at each of --lengths (default {lengths}), B={PARALLEL_BATCH} "
         f"(--batch-size), I=H={PARALLEL_HIDDEN} (--hidden-size): fwd and fwd+bwd "
         "(--mode) ms, tokens/s, speedup over GRUCell, compile time, peak memory. "
-        "Leave gru out of --cells to skip the baseline",
+        "Any cell can be named in --cells (mlstm runs in every --scan-modes, the "
+        "others in their one loop); leave gru out to skip the baseline",
     )
     lengths = " ".join(str(t) for t in LONG_LENGTHS)
     studies.add_argument(
@@ -266,7 +267,7 @@ def run(
         if args.memory_limit_gib is not None:
             error("--memory-limit-gib applies to --long-study only")
     cells = tuple(dict.fromkeys(args.cells)) if args.cells else None
-    allowed = PARALLEL_CELLS if parallel else LONG_CELLS if long else CELLS
+    allowed = ALL_CELLS if parallel else LONG_CELLS if long else CELLS
     if cells is not None and not set(cells) <= set(allowed):
         what = study_name if parallel or long else "the comparison"
         if args.checkpoint_study:

@@ -313,7 +313,6 @@ def test_long_study_in_process_covers_linear_cells_and_the_memory_limit(
         (["--parallel-study", "--lengths", "ten"], "positive integer"),
         (["--parallel-study", "--lengths"], "expected at least one"),
         (["--parallel-study", "--scan-modes", "parallel"], "invalid choice"),
-        (["--parallel-study", "--cells", "lstm"], "--cells among"),
         (["--parallel-study", "--hidden-size", "-4"], "positive integer"),
         (["--parallel-study", "--size", "8,2,3,4"], "not --sizes or --size"),
         (["--parallel-study", "--long-study"], "not allowed with"),
