@@ -5,6 +5,7 @@ import importlib.metadata as _metadata
 from . import interop as interop
 from ._adapter import CallableCell as CallableCell
 from ._cell import AbstractCell as AbstractCell, AbstractStepCell as AbstractStepCell
+from ._conv_lstm import ConvLSTMCell as ConvLSTMCell
 from ._gru import GRUCell as GRUCell
 from ._layer_norm import (
     LayerNormGRUCell as LayerNormGRUCell,
@@ -51,6 +52,7 @@ __all__ = [
     "AbstractStepCell",
     "Bidirectional",
     "CallableCell",
+    "ConvLSTMCell",
     "GRUCell",
     "LRU",
     "LSTMCell",

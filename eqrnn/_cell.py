@@ -19,6 +19,7 @@ from ._misc import (
     check_same_dtype,
     check_size,
     gate_kernels,
+    input_shape_of,
     optional_bias,
     resolve_dtype,
 )
@@ -107,7 +108,7 @@ class AbstractCell(eqx.Module):
 
     @abc.abstractmethod
     def run_sequence(
-        self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
+        self, inputs: Float[Array, " time *input_shape"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
         """The loop over one sequence, as `scan_last` and `scan_all_hidden` run it.
 
@@ -162,7 +163,7 @@ class AbstractCell(eqx.Module):
         del key
         name = type(self).__name__
         with jax.named_scope(f"eqrnn.{name}"):
-            check_input(name, self.input_size, input)
+            check_input(name, input_shape_of(self) or (self.input_size,), input)
             check_hidden(name, hidden, self.hidden_shapes())
             check_same_dtype("input", input, self.dtype, name)
             check_same_dtype("hidden", hidden, self.dtype, name)
@@ -221,7 +222,7 @@ class AbstractStepCell(AbstractCell):
         """
 
     def run_sequence(
-        self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
+        self, inputs: Float[Array, " time *input_shape"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
         hoisted = plan.hoist
         xs = self.project_inputs(inputs) if hoisted else inputs

@@ -7,8 +7,8 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
 
 # Arguments accept NumPy arrays too; results are always JAX arrays.
-Input: TypeAlias = Float[ArrayLike, " input_size"]
-Inputs: TypeAlias = Float[ArrayLike, "time input_size"]
+Input: TypeAlias = Float[ArrayLike, " *input_shape"]
+Inputs: TypeAlias = Float[ArrayLike, " time *input_shape"]
 HiddenArray: TypeAlias = Float[Array, " hidden_size"]
 # LSTM carries `(h, c)`; `h` has `proj_size` entries when the LSTM projects, and
 # `output_size` names that size wherever either kind of hidden state is accepted.

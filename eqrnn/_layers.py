@@ -1,5 +1,6 @@
 """Whole-sequence layers on top of the scan helpers, one sequence at a time."""
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -13,6 +14,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Shape
 from ._adapter import as_cell
 from ._custom_types import AnyHiddenLike, Inputs, Length
 from ._linear_scan import Mode
+from ._misc import describe_shape, input_shape_of
 from ._platform import Unroll
 from ._scan import ScanOptions, check_length, check_sequence, run_scan
 
@@ -142,7 +144,7 @@ class RNN(eqx.Module):
         key: PRNGKeyArray | None = None,
         reverse: bool | None = None,
         keep_order: bool | None = None,
-    ) -> tuple[Float[Array, "time output_size"], PyTree[Float[Array, "..."]]]:
+    ) -> tuple[Float[Array, " time *output_shape"], PyTree[Float[Array, "..."]]]:
         """`(outputs, final_hidden)`, whatever `return_hidden` says; `reverse` and
         `keep_order` override the layer's own settings (as `Bidirectional` needs).
 
@@ -179,7 +181,7 @@ class RNN(eqx.Module):
         reverse: bool | None = None,
         keep_order: bool | None = None,
         length_checked: bool = False,
-    ) -> tuple[Float[Array, "time output_size"], PyTree[Float[Array, "..."]]]:
+    ) -> tuple[Float[Array, " time *output_shape"], PyTree[Float[Array, "..."]]]:
         """`run`; with `length_checked`, the caller has checked `length`."""
         reverse = self.reverse if reverse is None else reverse
         keep_order = self.keep_order if keep_order is None else keep_order
@@ -219,12 +221,12 @@ class RNN(eqx.Module):
 
     def step(
         self,
-        input: Float[ArrayLike, " input_size"],
+        input: Float[ArrayLike, " *input_shape"],
         hidden: PyTree[Float[ArrayLike, "..."]],
         *,
         reset: bool | Bool[ArrayLike, ""] = False,
         key: PRNGKeyArray | None = None,
-    ) -> tuple[Float[Array, " output_size"], PyTree[Float[Array, "..."]]]:
+    ) -> tuple[Float[Array, " *output_shape"], PyTree[Float[Array, "..."]]]:
         """One step for streaming inference: feed steps one at a time, carrying the
         hidden state yourself, and get what `__call__` gives for the whole sequence
         (`resets` included): the step runs through the same scan, one step long.
@@ -262,9 +264,11 @@ class RNN(eqx.Module):
                 "cannot be streamed one step at a time."
             )
         input = jnp.asarray(input)
-        if input.ndim != 1:
+        shape = input_shape_of(self.cell)
+        if input.ndim != (1 if shape is None else len(shape)):
+            expected = "(input_size,)" if shape is None else describe_shape(shape)
             raise ValueError(
-                f"RNN.step: `input` must have shape (input_size,), one step of one "
+                f"RNN.step: `input` must have shape {expected}, one step of one "
                 f"sequence, got shape {input.shape}. For a batch of streams, "
                 "`jax.vmap(lambda x, h: rnn.step(x, h))(inputs, hiddens)`."
             )
@@ -290,8 +294,8 @@ class RNN(eqx.Module):
         resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> (
-        Float[Array, "time output_size"]
-        | tuple[Float[Array, "time output_size"], PyTree[Float[Array, "..."]]]
+        Float[Array, " time *output_shape"]
+        | tuple[Float[Array, " time *output_shape"], PyTree[Float[Array, "..."]]]
     ):
         """**Arguments:**
 
@@ -349,17 +353,18 @@ _MERGES: dict[str, Callable[[Array, Array], Array]] = {
 _ELEMENTWISE = (_MERGES["sum"], _MERGES["mean"], _MERGES["product"])
 
 
-def _input_size(layer: Any) -> int | None:
-    """The input width an `RNN` or `Bidirectional` reads, where its cell says."""
+def _input_shape(layer: Any) -> tuple[int, ...] | None:
+    """The shape of one step's input that an `RNN` or `Bidirectional` reads, where
+    its cell says."""
     rnn = layer.forward if isinstance(layer, Bidirectional) else layer
-    return getattr(rnn.cell, "input_size", None)
+    return input_shape_of(rnn.cell)
 
 
 def _output_size(rnn: "RNN") -> int | None:
-    """The output width of an `RNN`, where its cell says."""
+    """The number of values an `RNN` outputs per step, where its cell says."""
     shapes = getattr(rnn.cell, "hidden_shapes", None)
     if shapes is not None:
-        return shapes()[0][0]
+        return math.prod(shapes()[0])
     return getattr(rnn.cell, "hidden_size", None)
 
 
@@ -454,7 +459,7 @@ class Bidirectional(eqx.Module):
         length: Length | None = None,
         resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
-    ) -> tuple[Float[Array, "time output_size"], tuple[Any, Any]]:
+    ) -> tuple[Float[Array, " time *output_shape"], tuple[Any, Any]]:
         """`(outputs, (forward_final, backward_final))`, whatever `return_hidden`
         says.
 
@@ -466,7 +471,7 @@ class Bidirectional(eqx.Module):
 
         The merged outputs and both final hidden states.
         """
-        inputs = check_sequence(inputs, "Bidirectional", _input_size(self.forward))
+        inputs = check_sequence(inputs, "Bidirectional", _input_shape(self.forward))
         length = check_length(length, inputs.shape[0], "Bidirectional")
         return self._run(
             inputs,
@@ -486,7 +491,7 @@ class Bidirectional(eqx.Module):
         resets: Bool[ArrayLike, " time"] | None,
         key: PRNGKeyArray | None,
         length_checked: bool,
-    ) -> tuple[Float[Array, "time output_size"], tuple[Any, Any]]:
+    ) -> tuple[Float[Array, " time *output_shape"], tuple[Any, Any]]:
         """`run`; with `length_checked`, the caller has checked `length`."""
         if hidden is None:
             hidden = (None, None)
@@ -527,7 +532,8 @@ class Bidirectional(eqx.Module):
         resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
     ) -> (
-        Float[Array, "time output_size"] | tuple[Float[Array, "time output_size"], Any]
+        Float[Array, " time *output_shape"]
+        | tuple[Float[Array, " time *output_shape"], Any]
     ):
         """**Arguments:**
 
@@ -627,7 +633,7 @@ class StackedRNN(eqx.Module):
         resets: Bool[ArrayLike, " time"] | None = None,
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
-    ) -> tuple[Float[Array, "time output_size"], tuple[Any, ...]]:
+    ) -> tuple[Float[Array, " time *output_shape"], tuple[Any, ...]]:
         """**Arguments:**
 
         - `inputs`: one sequence, shape `(time, input_size)`.
@@ -659,7 +665,7 @@ class StackedRNN(eqx.Module):
                 f"StackedRNN: `hidden` must hold one state per layer ({num_layers}), "
                 f"got {len(hidden)}."
             )
-        inputs = check_sequence(inputs, "StackedRNN", _input_size(self.layers[0]))
+        inputs = check_sequence(inputs, "StackedRNN", _input_shape(self.layers[0]))
         length = check_length(length, inputs.shape[0], "StackedRNN")
         inference = self.inference if inference is None else inference
         use_dropout = self.dropout > 0 and not inference and num_layers > 1
@@ -680,13 +686,18 @@ class StackedRNN(eqx.Module):
             zip(self.layers, hidden, layer_keys, strict=True)
         ):
             run_key, drop_key = (None, None) if k is None else tuple(jr.split(k))
-            expected = _input_size(layer)
-            if expected is not None and x.shape[1] != expected:
+            expected = _input_shape(layer)
+            if expected is not None and tuple(x.shape[1:]) != expected:
                 below = "the inputs" if i == 0 else f"layer {i - 1}'s outputs"
+                if len(expected) == 1:
+                    what = (f"width {expected[0]}", f"width {x.shape[1]}")
+                    fix = f"input_size={x.shape[1]}"
+                else:
+                    what = (f"shape {expected}", f"shape {tuple(x.shape[1:])}")
+                    fix = f"input_shape={tuple(x.shape[1:])}"
                 raise ValueError(
-                    f"StackedRNN: layer {i} reads inputs of width {expected}, but "
-                    f"{below} have width {x.shape[1]}. Build layer {i}'s cell with "
-                    f"input_size={x.shape[1]}."
+                    f"StackedRNN: layer {i} reads inputs of {what[0]}, but {below} "
+                    f"have {what[1]}. Build layer {i}'s cell with {fix}."
                 )
             out, final = layer._run(
                 x,
@@ -708,7 +719,7 @@ class StackedRNN(eqx.Module):
                 keep = jr.bernoulli(drop_key, 1 - self.dropout, out.shape)
                 out = jnp.where(keep, out / (1 - self.dropout), 0)
             if valid is not None:
-                out = jnp.where(valid[:, None], out, 0)
+                out = jnp.where(valid.reshape(-1, *(1,) * (out.ndim - 1)), out, 0)
             finals.append(final)
             x = out
         return x, tuple(finals)
@@ -729,11 +740,11 @@ class StackedRNN(eqx.Module):
 
     def step(
         self,
-        input: Float[ArrayLike, " input_size"],
+        input: Float[ArrayLike, " *input_shape"],
         hidden: Sequence[Any],
         *,
         reset: bool | Bool[ArrayLike, ""] = False,
-    ) -> tuple[Float[Array, " output_size"], tuple[Any, ...]]:
+    ) -> tuple[Float[Array, " *output_shape"], tuple[Any, ...]]:
         """One step of every layer, for streaming inference (dropout off): feeding a
         sequence step by step gives what `__call__` gives with `inference=True`.
 
@@ -773,13 +784,13 @@ def _no_streaming(i: int) -> str:
 
 def generate(
     layer: "RNN | StackedRNN",
-    first_input: Float[ArrayLike, " input_size"],
+    first_input: Float[ArrayLike, " *input_shape"],
     next_input: Callable[[Array, PRNGKeyArray | None], Array],
     num_steps: int,
     hidden: Any = None,
     *,
     key: PRNGKeyArray | None = None,
-) -> tuple[Float[Array, "time input_size"], Float[Array, "time output_size"], Any]:
+) -> tuple[Float[Array, " time *input_shape"], Float[Array, "time ..."], Any]:
     """Run a layer in closed loop: each step's output, through `next_input`, becomes
     the next step's input (sampling from a language model, rolling out a dynamics
     model). One `jax.lax.scan` over `layer.step`, so it jits into one program.

@@ -104,18 +104,35 @@ def check_bool(where: str, name: str, value: Any) -> bool:
     return value
 
 
-def check_input(cell_name: str, input_size: int, input: Any) -> None:
-    """Trace-time check of one step's input: one example, right width, floating."""
-    shape = jnp.shape(input)
-    if len(shape) != 1 or shape[0] != input_size:
+def input_shape_of(cell: Any) -> tuple[int, ...] | None:
+    """The shape of one step's input: a cell's `input_shape` where its input is not
+    a vector (`ConvLSTMCell`), else `(input_size,)`; `None` where it does not say."""
+    shape = getattr(cell, "input_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    size = getattr(cell, "input_size", None)
+    return None if size is None else (size,)
+
+
+def describe_shape(shape: tuple[int, ...]) -> str:
+    """`(input_size,) = (3,)` for a vector input, `input_shape = (8, 8, 2)` else."""
+    if len(shape) == 1:
+        return f"(input_size,) = ({shape[0]},)"
+    return f"input_shape = {shape}"
+
+
+def check_input(cell_name: str, input_shape: tuple[int, ...], input: Any) -> None:
+    """Trace-time check of one step's input: one example, right shape, floating."""
+    shape = tuple(jnp.shape(input))
+    if shape != input_shape:
         hint = ""
-        if len(shape) == 2 and shape[-1] == input_size:
+        if shape[1:] == input_shape:
             hint = (
                 " eqrnn cells see one example at a time: batch with `jax.vmap`, "
                 "and run over time with `eqrnn.scan_all_hidden`/`scan_last`."
             )
         raise ValueError(
-            f"{cell_name}: `input` must have shape (input_size,) = ({input_size},), "
+            f"{cell_name}: `input` must have shape {describe_shape(input_shape)}, "
             f"got shape {shape}.{hint}"
         )
     check_floating("input", jnp.result_type(input), cell_name)

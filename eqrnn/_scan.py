@@ -25,7 +25,7 @@ from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
 from ._linear_scan import Mode, check_mode
 from ._loop import Plan
-from ._misc import check_bool, check_same_dtype
+from ._misc import check_bool, check_same_dtype, input_shape_of
 from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
 
 
@@ -88,20 +88,31 @@ def _check_hidden(cell: AbstractCell, hidden: Any, where: str) -> Any:
 _LAYERS = ("RNN", "Bidirectional", "StackedRNN")
 
 
-def check_sequence(inputs: Any, where: str, input_size: int | None = None) -> Array:
-    """`inputs` as one floating-point sequence `(time, input_size)`, or an error
-    naming `where` whose fix (for a batch: `jax.vmap`) runs."""
+def check_sequence(
+    inputs: Any, where: str, input_shape: tuple[int, ...] | None = None
+) -> Array:
+    """`inputs` as one floating-point sequence `(time, *input_shape)` (`(time,
+    input_size)` for vector inputs), or an error naming `where` whose fix (for a
+    batch: `jax.vmap`) runs."""
     inputs = jnp.asarray(inputs)
-    width = "input_size" if input_size is None else f"input_size={input_size}"
-    if inputs.ndim != 2 or (input_size is not None and inputs.shape[1] != input_size):
+    ndim = 2 if input_shape is None else 1 + len(input_shape)
+    if input_shape is None:
+        width = "input_size"
+    elif len(input_shape) == 1:
+        width = f"input_size={input_shape[0]}"
+    else:
+        width = ", ".join(str(n) for n in input_shape)
+    if inputs.ndim != ndim or (
+        input_shape is not None and tuple(inputs.shape[1:]) != input_shape
+    ):
         hint = ""
-        if inputs.ndim == 3 and where in _LAYERS:
+        if inputs.ndim == ndim + 1 and where in _LAYERS:
             hint = (
                 f" A batch of sequences is mapped with `jax.vmap(layer)(batch)` "
                 f"(`layer` being this {where}), or with lengths `jax.vmap(lambda x, "
                 "n: layer(x, length=n))(batch, lengths)`."
             )
-        elif inputs.ndim == 3:
+        elif inputs.ndim == ndim + 1:
             hint = (
                 " A batch of sequences is mapped with `jax.vmap(lambda x: "
                 f"eqrnn.{where}(cell, x))(batch)`."
@@ -195,7 +206,7 @@ def run_scan(
     unless `stack`. With `length_checked`, `length` was checked by the caller."""
     where = options.where
     options.check_cell(cell)
-    inputs = check_sequence(inputs, where, cell.input_size)
+    inputs = check_sequence(inputs, where, input_shape_of(cell))
     num_steps = inputs.shape[0]
     hidden = _check_hidden(cell, hidden, where)
     if not length_checked:
@@ -212,7 +223,11 @@ def run_scan(
     if valid is not None:
         # Padding is replaced by zeros before the cell sees it, so that NaN or inf
         # there reaches neither the state nor (through `where`) any gradient.
-        inputs = jnp.where(valid[:, None], inputs, jnp.zeros((), inputs.dtype))
+        inputs = jnp.where(
+            valid.reshape(-1, *(1,) * (inputs.ndim - 1)),
+            inputs,
+            jnp.zeros((), inputs.dtype),
+        )
     plan = Plan(
         valid=valid,
         length=length,
@@ -288,7 +303,7 @@ def _raise_at_first_nonfinite(
     bad = jnp.zeros(inputs.shape[0], bool)
     for leaf in jax.tree.leaves(hiddens):
         bad = bad | ~jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1)
-    input_ok = jnp.isfinite(inputs).all(axis=1)
+    input_ok = jnp.isfinite(inputs).reshape(inputs.shape[0], -1).all(axis=1)
     jax.debug.callback(
         functools.partial(_report_nonfinite, reverse=reverse, where=where),
         bad,

@@ -46,6 +46,8 @@ PLATFORMS = ["cpu", "gpu"]
 
 
 jax.config.update("jax_enable_x64", True)
+# Keras (the ConvLSTM reference) runs on JAX; test modules import it after this.
+os.environ.setdefault("KERAS_BACKEND", "jax")
 jax.config.update("jax_default_matmul_precision", "highest")
 # As Equinox's tests do: no implicit promotion between dtypes (float32 with float64,
 # bfloat16 with float32, ...), so that a silent cast in the library fails a test.

@@ -167,6 +167,33 @@ def _mlstm(cell: Any, x: Any, hidden: Any) -> Any:
     return h, memory, norm, m
 
 
+def _conv_same_or_valid(x: Any, kernel: Any, padding: str) -> Any:
+    """A direct NumPy convolution: `x` `(*spatial, in)`, `kernel` `(*window, in,
+    out)`, stride 1; "same" pads as TensorFlow (the extra on the high side)."""
+    window = kernel.shape[:-2]
+    if padding == "same":
+        pads = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in window]
+        x = np.pad(x, [*pads, (0, 0)])
+    out_spatial = tuple(n - k + 1 for n, k in zip(x.shape[:-1], window, strict=True))
+    out = np.zeros((*out_spatial, kernel.shape[-1]))
+    for offset in np.ndindex(*window):
+        part = x[
+            tuple(slice(o, o + n) for o, n in zip(offset, out_spatial, strict=True))
+        ]
+        out += part @ kernel[offset]
+    return out
+
+
+def _conv_lstm(cell: Any, x: Any, hidden: Any) -> Any:
+    p, n = _params(cell), cell.hidden_size
+    h, c = hidden
+    g = _conv_same_or_valid(x, p["weight_ih"], cell.padding) + p["bias"]
+    g = g + _conv_same_or_valid(h, p["weight_hh"], "same")
+    i, f, gg, o = (g[..., k * n : (k + 1) * n] for k in range(4))
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(gg)
+    return sigmoid(o) * np.tanh(c), c
+
+
 @dataclasses.dataclass(frozen=True)
 class CellCase:
     """One cell as the shared tests see it."""
@@ -179,6 +206,9 @@ class CellCase:
     """Gate blocks stacked in `weight_ih` and `weight_hh` (PyTorch's layout)."""
     square: bool = False
     """Whether `input_size` must equal `hidden_size` (`RGLRU`)."""
+    vector_input: bool = True
+    """Whether one step's input is a vector `(input_size,)`, as the shared tests
+    build it; `ConvLSTMCell` reads `(*spatial, channels)` and has its own tests."""
     options: tuple[tuple[str, Any], ...] = ()
     """Constructor options the tests use besides the sizes (small state sizes)."""
 
@@ -207,6 +237,7 @@ CASES = (
     CellCase(eqrnn.LayerNormLSTMCell, _layer_norm_lstm, num_gates=4),
     CellCase(eqrnn.LayerNormGRUCell, _layer_norm_gru, num_gates=3),
     CellCase(eqrnn.SLSTMCell, _slstm),
+    CellCase(eqrnn.ConvLSTMCell, _conv_lstm, vector_input=False),
     CellCase(eqrnn.MinGRU, _min_gru),
     CellCase(eqrnn.MinLSTM, _min_lstm),
     CellCase(eqrnn.LRU, _lru, options=(("state_size", 3),)),
@@ -214,6 +245,8 @@ CASES = (
     CellCase(eqrnn.MLSTMCell, _mlstm, options=(("num_heads", 2),)),
 )
 BY_CLASS = {case.cls: case for case in CASES}
-STEP_CELLS = [case.cls for case in CASES if not case.parallel]
-PARALLEL_CELLS = [case.cls for case in CASES if case.parallel]
-ALL_CELLS = [case.cls for case in CASES]
+_VECTOR = [case for case in CASES if case.vector_input]
+STEP_CELLS = [case.cls for case in _VECTOR if not case.parallel]
+PARALLEL_CELLS = [case.cls for case in _VECTOR if case.parallel]
+REGISTERED = [case.cls for case in CASES]
+ALL_CELLS = [case.cls for case in _VECTOR]

@@ -19,7 +19,9 @@ from .registry import sigmoid as _sigmoid
 
 
 MODES: list[Any] = ["sequential", "associative", "chunked"]
-CASES = {case.name: case for case in registry.CASES if case.parallel}
+CASES = {
+    case.name: case for case in registry.CASES if case.parallel and case.vector_input
+}
 NAMES = list(CASES)
 
 

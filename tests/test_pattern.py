@@ -12,7 +12,7 @@ import equinox as eqx
 
 import eqrnn
 
-from .registry import ALL_CELLS
+from .registry import REGISTERED
 
 
 def _eqrnn_modules() -> list[type]:
@@ -90,4 +90,4 @@ def test_every_exported_cell_is_registered():
         and not obj.__name__.startswith("Abstract")
         and obj is not eqrnn.CallableCell
     }
-    assert exported == set(ALL_CELLS)
+    assert exported == set(REGISTERED)
