@@ -4,7 +4,7 @@ conversion both ways), and every scan option and layer with inputs of shape
 build."""
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -55,7 +55,9 @@ def test_values_gradients_and_weights_equal_keras(rank, padding, kernel):
     layer = _keras_layer(rank, padding, kernel, spatial, rng)
     x = rng.standard_normal((2, 4, *spatial, 2)).astype(np.float32)
     rnn = from_keras(layer, input_shape=(*spatial, 2))
-    assert rnn.return_hidden and rnn.cell.padding == padding
+    cell = rnn.cell
+    assert isinstance(cell, eqrnn.ConvLSTMCell)
+    assert rnn.return_hidden and cell.padding == padding
 
     def keras_loss(weights, x):
         (outputs, h, c), _ = layer.stateless_call(weights, others, x)
@@ -73,7 +75,7 @@ def test_values_gradients_and_weights_equal_keras(rank, padding, kernel):
     (_, got), (grads, grad_x_eq) = jax.value_and_grad(
         eqrnn_loss, argnums=(0, 1), has_aux=True
     )(rnn, x)
-    assert rnn.cell.dtype == jnp.float32
+    assert cell.dtype == jnp.float32
     assert_tree_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert_tree_allclose(grad_x_eq, grad_x, rtol=1e-5, atol=1e-5)
     assert_tree_allclose(
@@ -168,7 +170,7 @@ def test_gradients_pass_check_grads_and_checkpoint_keeps_them(getkey):
     xs = jr.normal(getkey(), (4, *SHAPE))
     params, static = eqx.partition(cell, eqx.is_inexact_array)
 
-    def loss(params, xs, checkpoint=False):
+    def loss(params, xs, checkpoint: bool | int = False):
         c = eqx.combine(jax.tree.map(jnp.asarray, params), static)
         hs, cs = eqrnn.scan_all_hidden(c, xs, length=3, checkpoint=checkpoint)
         return jnp.sum(jnp.sin(hs)) + jnp.sum(cs**2)
@@ -183,9 +185,9 @@ def test_layers_take_spatial_inputs(getkey):
     first = eqrnn.RNN(_cell(getkey()))
     bi = eqrnn.Bidirectional(first, eqrnn.RNN(_cell(getkey())))
     xs = jr.normal(getkey(), (6, *SHAPE))
-    out = bi(xs, length=4)
+    out = cast(jax.Array, bi(xs, length=4))
     assert out.shape == (6, 5, 4, 6)  # the two directions' channels, concatenated
-    forward = first(xs, length=4)
+    forward = cast(jax.Array, first(xs, length=4))
     backward, _ = eqrnn.scan_all_hidden(bi.backward.cell, xs, length=4, reverse=True)
     assert_tree_allclose(out, jnp.concatenate([forward, backward], axis=-1))
     second = eqrnn.RNN(eqrnn.ConvLSTMCell((5, 4, 6), 2, 3, key=getkey()))
@@ -262,7 +264,7 @@ def test_nan_in_the_padding_reaches_no_value_and_no_gradient(getkey):
     @jax.jit
     def run(cell, xs):
         def loss(cell, xs):
-            return jnp.sum(eqrnn.RNN(cell)(xs, length=3) ** 2)
+            return jnp.sum(cast(jax.Array, eqrnn.RNN(cell)(xs, length=3)) ** 2)
 
         return jax.value_and_grad(loss, argnums=(0, 1))(cell, xs)
 
