@@ -392,8 +392,10 @@ def scan_last(
         `"chunked"` (associative within chunks, sequential across them) or `"auto"`
         (sequential on CPU, associative on GPU and TPU); see `eqrnn.linear_scan`.
         Every mode gives the step-by-step results up to rounding; forward-mode
-        differentiation (`jax.jvp`) needs `"sequential"`. Other cells run one step
-        at a time and accept only `"auto"` and `"sequential"`.
+        differentiation (`jax.jvp`) needs `"sequential"`. `MLSTMCell` takes every
+        mode too (`"chunked"` and `"auto"` are its chunkwise form, see its
+        docstring). Other cells run one step at a time and accept only `"auto"` and
+        `"sequential"`.
     - `check_finite`: a debugging aid. Raise `FloatingPointError` (inside `jax.jit`,
         a `JaxRuntimeError` carrying its message) naming the first step whose hidden
         state is NaN or inf, and whether that step's input already was. Off by
@@ -482,8 +484,10 @@ def scan_all_hidden(
         `"chunked"` (associative within chunks, sequential across them) or `"auto"`
         (sequential on CPU, associative on GPU and TPU); see `eqrnn.linear_scan`.
         Every mode gives the step-by-step results up to rounding; forward-mode
-        differentiation (`jax.jvp`) needs `"sequential"`. Other cells run one step
-        at a time and accept only `"auto"` and `"sequential"`.
+        differentiation (`jax.jvp`) needs `"sequential"`. `MLSTMCell` takes every
+        mode too (`"chunked"` and `"auto"` are its chunkwise form, see its
+        docstring). Other cells run one step at a time and accept only `"auto"` and
+        `"sequential"`.
     - `check_finite`: a debugging aid. Raise `FloatingPointError` (inside `jax.jit`,
         a `JaxRuntimeError` carrying its message) naming the first step whose hidden
         state is NaN or inf, and whether that step's input already was. Off by

@@ -574,18 +574,29 @@ def _mlstm_block(
         h0, memory0, norm0, m0 = carry
         q, k, v, o, log_f, i_pre, valid, *rest = inputs
         steps = jnp.arange(valid.shape[0])
-        cum = jnp.cumsum(log_f, axis=1)
         causal = steps[:, None] >= steps[None, :]
-        base_memory, base_norm = memory0[:, None], norm0[:, None]
         if rest:
             (reset,) = rest
             # The last reset at or before each step (-1: none in this block).
             start = jax.lax.cummax(jnp.where(reset, steps, -1))
             restarted = start >= 0
+            causal = causal & (start[:, None] == start[None, :])
+        # A step that writes NaN or inf poisons its segment from there on, as in
+        # the recurrence. Kept out of the block's products, it cannot reach the
+        # steps before it (where it would meet their zero weights: 0 * NaN).
+        bad = ~(jnp.isfinite(k).all(-1) & jnp.isfinite(v).all(-1))
+        # (`i_pre` is -inf at padding: a step that writes nothing.)
+        bad = bad | ~jnp.isfinite(log_f) | jnp.isnan(i_pre) | (i_pre == jnp.inf)
+        poisoned = (causal & bad[:, None, :]).any(axis=2)  # (heads, block)
+        k, v = (jnp.where(bad[..., None], 0, a) for a in (k, v))
+        log_f = jnp.where(bad, 0, log_f)
+        i_pre = jnp.where(bad, -jnp.inf, i_pre)
+        cum = jnp.cumsum(log_f, axis=1)
+        base_memory, base_norm = memory0[:, None], norm0[:, None]
+        if rest:
             before = (cum - log_f)[:, jnp.maximum(start, 0)]  # F before the reset
             cum_start = jnp.where(restarted, before, 0)
             m_start = jnp.where(restarted, init_m[:, None], m0[:, None])
-            causal = causal & (start[:, None] == start[None, :])
             base_memory = jnp.where(
                 restarted[:, None, None], init_memory[:, None], base_memory
             )
@@ -605,27 +616,32 @@ def _mlstm_block(
         num = decay[..., None] * start_q + scores @ v
         den = decay * start_nq + jnp.sum(scores, axis=2)
         den = jnp.maximum(jnp.abs(den), jnp.exp(-m)) + jnp.asarray(eps, m.dtype)
-        hs = (num / den[..., None]).swapaxes(0, 1).reshape(-1, hidden_size)
-        hs = jax.nn.sigmoid(o) * hs
+        hs = jnp.where(poisoned[..., None], jnp.nan, num / den[..., None])
+        hs = jax.nn.sigmoid(o) * hs.swapaxes(0, 1).reshape(-1, hidden_size)
 
-        def memories(w: Array, decay: Array, base_memory: Array, base_norm: Array):
-            """The memory and normaliser after the steps whose rows `w` holds."""
-            memory = decay[..., None, None] * base_memory + jnp.einsum(
-                "kts,ksv,ksd->ktvd", w, v, k
+        def memories(rows: slice) -> tuple[Array, Array, Array]:
+            """The memory, normaliser and stabiliser after the steps `rows`."""
+            bad_rows = poisoned[:, rows]
+            memory = decay[:, rows, None, None] * base_memory[:, rows] + jnp.einsum(
+                "kts,ksv,ksd->ktvd", w[:, rows], v, k
             )
-            norm = decay[..., None] * base_norm + jnp.einsum("kts,ksd->ktd", w, k)
-            return memory, norm
+            norm = decay[:, rows, None] * base_norm[:, rows] + jnp.einsum(
+                "kts,ksd->ktd", w[:, rows], k
+            )
+            return (
+                jnp.where(bad_rows[..., None, None], jnp.nan, memory),
+                jnp.where(bad_rows[..., None], jnp.nan, norm),
+                jnp.where(bad_rows, jnp.nan, m[:, rows]),
+            )
 
-        memory, norm = memories(
-            w[:, -1:], decay[:, -1:], base_memory[:, -1:], base_norm[:, -1:]
-        )
+        memory, norm, m_last = memories(slice(-1, None))
         last = jnp.max(jnp.where(valid, steps, 0))
         h = jnp.where(valid.any(), hs[last], h0)
-        final = (h, memory[:, 0], norm[:, 0], m[:, -1])
+        final = (h, memory[:, 0], norm[:, 0], m_last[:, 0])
         if not stack:
             return final, None
-        all_memory, all_norm = memories(w, decay, base_memory, base_norm)
-        return final, (hs, *(x.swapaxes(0, 1) for x in (all_memory, all_norm, m)))
+        every = memories(slice(None))
+        return final, (hs, *(x.swapaxes(0, 1) for x in every))
 
     return body
 

@@ -21,8 +21,24 @@ from .helpers import assert_tree_allclose
 from .registry import ALL_CELLS, PARALLEL_CELLS
 
 
-# Each test runs under the CPU's and the GPU's choices (`eqrnn.tuned_for`).
-pytestmark = pytest.mark.usefixtures("each_platform")
+# Each test runs under the CPU's and the GPU's choices (`eqrnn.tuned_for`). The tests
+# of every cell run each cell under the CPU's, and under the GPU's (the projection
+# hoisted, unroll 8, associative linear scans) one cell per family and kind of state:
+# the platform's choice lives in the family's loop, which every cell of it shares
+# (`tests/test_fused.py` runs each built-in fast step under both).
+GPU_CELLS = (eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MinGRU, eqrnn.LRU, eqrnn.MLSTMCell)
+CELL_PLATFORMS = [
+    pytest.param(platform, cls, id=f"{platform}-{cls.__name__}")
+    for platform in ("cpu", "gpu")  # as `each_platform`
+    for cls in ALL_CELLS
+    if platform == "cpu" or cls in GPU_CELLS
+]
+
+
+@pytest.fixture
+def tuned(platform):
+    with eqrnn.tuned_for(platform):
+        yield platform
 
 
 TIME, WIDTH = 6, 4
@@ -103,7 +119,8 @@ def _garbage_padding(xs: Any) -> Any:
     return jnp.where(valid, xs, pattern)
 
 
-@pytest.mark.parametrize("cls", ALL_CELLS, ids=lambda c: c.__name__)
+@pytest.mark.usefixtures("tuned")
+@pytest.mark.parametrize("platform, cls", CELL_PLATFORMS)
 def test_nan_and_inf_in_padding_reach_no_value_and_no_gradient(cls, getkey):
     models = _models(cls, getkey(), jnp.float64)
     xs = jr.normal(getkey(), (len(LENGTHS), TIME, WIDTH))
@@ -128,7 +145,8 @@ def _scan_with_nan(cell: Any, xs: Any, reverse: bool) -> Any:
     return eqrnn.scan_all_hidden(cell, xs, reverse=reverse)
 
 
-@pytest.mark.parametrize("cls", ALL_CELLS, ids=lambda c: c.__name__)
+@pytest.mark.usefixtures("tuned")
+@pytest.mark.parametrize("platform, cls", CELL_PLATFORMS)
 def test_nan_in_a_valid_step_propagates_and_is_not_masked(cls, getkey):
     cell = cls(WIDTH, 4, dtype=jnp.float64, key=getkey())
     xs = jr.normal(getkey(), (TIME, WIDTH)).at[2, 0].set(jnp.nan)
@@ -158,6 +176,7 @@ def _raises_naming(fn: Any, message: str) -> None:
     assert re.search(message, str(info.value)), str(info.value)
 
 
+@pytest.mark.usefixtures("each_platform")
 @pytest.mark.parametrize(
     "cls", [eqrnn.LSTMCell, eqrnn.MinGRU], ids=lambda c: c.__name__
 )
@@ -196,6 +215,7 @@ def test_check_finite_names_the_first_nonfinite_step(cls, getkey):
     )
 
 
+@pytest.mark.usefixtures("each_platform")
 def test_check_finite_must_be_a_bool(getkey, no_jaxtyping):
     cell = eqrnn.GRUCell(WIDTH, 4, dtype=jnp.float64, key=getkey())
     with pytest.raises(TypeError, match="`check_finite` must be a bool"):
@@ -208,6 +228,7 @@ def test_check_finite_must_be_a_bool(getkey, no_jaxtyping):
         eqrnn.RNN(eqrnn.MinGRU(WIDTH, 4, key=getkey()), mode="fast")  # pyright: ignore[reportArgumentType]
 
 
+@pytest.mark.usefixtures("each_platform")
 def test_rnn_mode_runs_a_linear_cell_with_that_backend(getkey):
     cell = eqrnn.MinGRU(WIDTH, 4, dtype=jnp.float64, key=getkey())
     xs = jr.normal(getkey(), (TIME, WIDTH))
@@ -249,7 +270,8 @@ def _half_and_reference(cell: Any, xs: Any) -> tuple[Any, Any, Any]:
 
 
 @pytest.mark.parametrize("dtype", list(HALF_TOLERANCE), ids=lambda d: d.__name__)
-@pytest.mark.parametrize("cls", ALL_CELLS, ids=lambda c: c.__name__)
+@pytest.mark.usefixtures("tuned")
+@pytest.mark.parametrize("platform, cls", CELL_PLATFORMS)
 def test_half_precision_keeps_its_dtype_and_float32_accuracy(cls, dtype, getkey):
     cell = _to(dtype, cls(WIDTH, WIDTH, dtype=jnp.float64, key=getkey()))
     xs = jr.normal(getkey(), (64, WIDTH), dtype)
@@ -261,6 +283,7 @@ def test_half_precision_keeps_its_dtype_and_float32_accuracy(cls, dtype, getkey)
         assert jnp.isfinite(leaf).all()
 
 
+@pytest.mark.usefixtures("each_platform")
 @pytest.mark.parametrize("dtype", list(HALF_TOLERANCE), ids=lambda d: d.__name__)
 def test_half_precision_state_is_accumulated_in_float32(dtype, getkey):
     # An LSTM that forgets slowly sums 2000 small updates into its cell state c
@@ -287,7 +310,8 @@ def test_half_precision_state_is_accumulated_in_float32(dtype, getkey):
 LONG = 100_000
 
 
-@pytest.mark.parametrize("cls", ALL_CELLS, ids=lambda c: c.__name__)
+@pytest.mark.usefixtures("tuned")
+@pytest.mark.parametrize("platform, cls", CELL_PLATFORMS)
 def test_100k_steps_checkpointed_fit_in_memory_and_stay_finite(cls, getkey):
     params, static = eqx.partition(
         cls(8, 8, dtype=jnp.float32, key=getkey()), eqx.is_inexact_array
@@ -337,6 +361,7 @@ def _program_size(
     return len(text.splitlines())
 
 
+@pytest.mark.usefixtures("each_platform")
 @pytest.mark.parametrize(
     ("cls", "mode", "checkpoint"),
     [
@@ -362,6 +387,7 @@ def test_the_program_does_not_grow_with_the_sequence_length(cls, mode, checkpoin
 # --- No retracing --------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("each_platform")
 def test_new_lengths_resets_and_inputs_do_not_retrace(getkey):
     traces = []
     cell = eqrnn.GRUCell(WIDTH, 4, dtype=jnp.float32, key=getkey())

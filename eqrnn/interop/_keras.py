@@ -45,8 +45,13 @@ def from_keras(layer: Any, *, input_shape: Sequence[int]) -> RNN:
     !!! example
 
         ```python
-        rnn = eqrnn.interop.from_keras(keras_layer, input_shape=(16, 16, 3))
-        outputs = jax.vmap(rnn)(frames)  # frames: (batch, time, 16, 16, 3)
+        import keras  # with any backend
+
+        layer = keras.layers.ConvLSTM2D(8, 3, padding="same", return_sequences=True)
+        layer.build((None, None, 16, 16, 3))  # or call it on a batch
+        rnn = eqrnn.interop.from_keras(layer, input_shape=(16, 16, 3))
+        frames = jnp.ones((2, 10, 16, 16, 3))  # (batch, time, 16, 16, 3)
+        outputs = jax.vmap(rnn)(frames)  # (2, 10, 16, 16, 8)
         ```
 
     **Arguments:**
