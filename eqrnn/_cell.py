@@ -193,6 +193,27 @@ class AbstractArrayStateCell(AbstractCell):
         return hidden
 
 
+class AbstractTupleStateCell(AbstractCell):
+    """A cell whose hidden state is a tuple of arrays, the first of which is what
+    the layer above sees: `(h, c)` of the LSTMs, `(h, c, n, m)` of `SLSTMCell`,
+    `(y, x)` of `LRU`."""
+
+    def output(self, hidden: tuple[Any, ...]) -> Float[Array, " *output_shape"]:
+        """What the layer above sees: the first array of the hidden state.
+
+        **Arguments:**
+
+        - `hidden`: a hidden state of this cell, a tuple.
+
+        **Returns:**
+
+        `hidden[0]`: `h` of shape `(hidden_size,)` for most cells (`(proj_size,)`
+        for an `LSTMCell` with a projection, `(*spatial, hidden_channels)` for
+        `ConvLSTMCell`), the output `y` for `LRU`.
+        """
+        return hidden[0]
+
+
 class AbstractStepCell(AbstractCell):
     """A cell run over a sequence one step after another, by `jax.lax.scan`.
 

@@ -12,6 +12,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
     AbstractStepCell,
+    AbstractTupleStateCell,
     default_bias_init,
     default_recurrent_kernel_init,
     initial_hidden,
@@ -60,7 +61,7 @@ def _default_kernel_init(key: PRNGKeyArray, shape: Sequence[int], dtype: Any) ->
     return jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1)(key, shape, dtype)
 
 
-class ConvLSTMCell(AbstractStepCell):
+class ConvLSTMCell(AbstractStepCell, AbstractTupleStateCell):
     r"""A convolutional LSTM (Shi et al. 2015): an LSTM whose matrix products are
     convolutions, over 1, 2 or 3 spatial dimensions, as Keras' `ConvLSTM1D/2D/3D`.
 
@@ -206,19 +207,6 @@ class ConvLSTMCell(AbstractStepCell):
                 n - k + 1 for n, k in zip(spatial, self.kernel_size, strict=True)
             )
         return ((*spatial, self.hidden_size),) * 2
-
-    def output(self, hidden: ConvLSTMHidden) -> Float[Array, "*spatial channels"]:
-        """What the layer above sees: `h` of `(h, c)`.
-
-        **Arguments:**
-
-        - `hidden`: the tuple `(h, c)`.
-
-        **Returns:**
-
-        `h`, of shape `(*out_spatial, hidden_channels)`.
-        """
-        return hidden[0]
 
     def project_inputs(
         self, inputs: Float[Array, "*time_and_input_shape"]

@@ -14,6 +14,7 @@ from ._cell import (
     AbstractArrayStateCell,
     AbstractStackedGatesCell,
     AbstractStepCell,
+    AbstractTupleStateCell,
     affine,
     default_bias_init,
     default_kernel_init,
@@ -44,7 +45,7 @@ def _norm_params(size: int, dtype: Any) -> tuple[Array, Array]:
     return jnp.ones(size, dtype), jnp.zeros(size, dtype)
 
 
-class LayerNormLSTMCell(AbstractStepCell):
+class LayerNormLSTMCell(AbstractStepCell, AbstractTupleStateCell):
     r"""An LSTM with layer normalisation (Ba, Kiros and Hinton 2016, eq. 20-22).
 
     $$\begin{aligned}
@@ -165,19 +166,6 @@ class LayerNormLSTMCell(AbstractStepCell):
 
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         return ((self.hidden_size,), (self.hidden_size,))
-
-    def output(self, hidden: LSTMHidden) -> Float[Array, " hidden_size"]:
-        """What the layer above sees: `h` of `(h, c)`.
-
-        **Arguments:**
-
-        - `hidden`: the tuple `(h, c)`.
-
-        **Returns:**
-
-        `h`, of shape `(hidden_size,)`.
-        """
-        return hidden[0]
 
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]

@@ -11,7 +11,13 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._cell import affine, default_bias_init, default_kernel_init, initial_hidden
+from ._cell import (
+    AbstractTupleStateCell,
+    affine,
+    default_bias_init,
+    default_kernel_init,
+    initial_hidden,
+)
 from ._linear_cell import AbstractArrayStateLinearCell, AbstractLinearCell
 from ._misc import check_bool, check_size, gate_kernels, optional_bias, resolve_dtype
 
@@ -31,7 +37,7 @@ def _compute_dtype(dtype: Any) -> Any:
     return jnp.float32 if jnp.finfo(dtype).bits < 32 else jnp.dtype(dtype)
 
 
-class LRU(AbstractLinearCell):
+class LRU(AbstractLinearCell, AbstractTupleStateCell):
     r"""A linear recurrent unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural
     Networks for Long Sequences", §3): a complex diagonal linear recurrence with a
     stable exponential parametrisation and normalised input.
@@ -221,19 +227,6 @@ class LRU(AbstractLinearCell):
         skip = projected[..., 2 * self.state_size :]
         y = x_re @ self.C_re.T - x_im @ self.C_im.T + skip
         return y, jnp.concatenate([x_re, x_im], axis=-1)
-
-    def output(self, hidden: LRUHidden) -> Float[Array, " hidden_size"]:
-        """What the layer above sees: the output $y$ of `(y, x)`.
-
-        **Arguments:**
-
-        - `hidden`: the tuple `(y, x)`.
-
-        **Returns:**
-
-        `y`, of shape `(hidden_size,)`.
-        """
-        return hidden[0]
 
 
 class RGLRU(AbstractArrayStateLinearCell):

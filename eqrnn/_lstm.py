@@ -9,6 +9,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
     AbstractStackedGatesCell,
+    AbstractTupleStateCell,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
@@ -25,7 +26,7 @@ from ._misc import (
 )
 
 
-class LSTMCell(AbstractStackedGatesCell):
+class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell):
     r"""A long short-term memory cell, with one fused matmul per step.
 
     $$\begin{aligned}
@@ -201,16 +202,3 @@ class LSTMCell(AbstractStackedGatesCell):
             return lstm_pointwise(gates(jnp.concatenate([x, h], axis=-1)), c)
 
         return fused_step
-
-    def output(self, hidden: LSTMHidden) -> Float[Array, " output_size"]:
-        """What the layer above sees: `h` of `(h, c)`.
-
-        **Arguments:**
-
-        - `hidden`: the tuple `(h, c)`.
-
-        **Returns:**
-
-        `h`, of shape `(hidden_size,)`, or `(proj_size,)` with a projection.
-        """
-        return hidden[0]

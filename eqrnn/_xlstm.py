@@ -12,8 +12,8 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
-    AbstractCell,
     AbstractStackedGatesCell,
+    AbstractTupleStateCell,
     affine,
     default_bias_init,
     default_kernel_init,
@@ -62,7 +62,7 @@ def _a_divisor(n: int, near: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - near))
 
 
-class SLSTMCell(AbstractStackedGatesCell):
+class SLSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell):
     r"""xLSTM's sLSTM (Beck et al. 2024, eq. 8-17): exponential input gate, a
     normaliser state, and recurrence within heads.
 
@@ -165,19 +165,6 @@ class SLSTMCell(AbstractStackedGatesCell):
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         return ((self.hidden_size,),) * 4
 
-    def output(self, hidden: SLSTMHidden) -> Float[Array, " hidden_size"]:
-        """What the layer above sees: `h` of `(h, c, n, m)`.
-
-        **Arguments:**
-
-        - `hidden`: the tuple `(h, c, n, m)`.
-
-        **Returns:**
-
-        `h`, of shape `(hidden_size,)`.
-        """
-        return hidden[0]
-
     def step(
         self, projected: Float[Array, " four_hidden"], hidden: SLSTMHidden
     ) -> SLSTMHidden:
@@ -219,7 +206,7 @@ MLSTMHidden = tuple[
 ]
 
 
-class MLSTMCell(AbstractCell):
+class MLSTMCell(AbstractTupleStateCell):
     r"""xLSTM's mLSTM (Beck et al. 2024, eq. 19-27): a matrix memory per head,
     written by an outer product, with exponential input gate and no recurrence in
     the gates, so that a whole sequence also runs in parallel over time.
@@ -336,19 +323,6 @@ class MLSTMCell(AbstractCell):
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         heads, size = self.num_heads, self.hidden_size // self.num_heads
         return ((self.hidden_size,), (heads, size, size), (heads, size), (heads,))
-
-    def output(self, hidden: MLSTMHidden) -> Float[Array, " hidden_size"]:
-        """What the layer above sees: `h` of `(h, C, n, m)`.
-
-        **Arguments:**
-
-        - `hidden`: the tuple `(h, C, n, m)`.
-
-        **Returns:**
-
-        `h`, of shape `(hidden_size,)`.
-        """
-        return hidden[0]
 
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]
@@ -575,11 +549,9 @@ def _mlstm_block(
         q, k, v, o, log_f, i_pre, valid, *rest = inputs
         steps = jnp.arange(valid.shape[0])
         causal = steps[:, None] >= steps[None, :]
-        if rest:
-            (reset,) = rest
-            # The last reset at or before each step (-1: none in this block).
-            start = jax.lax.cummax(jnp.where(reset, steps, -1))
-            restarted = start >= 0
+        # The last reset at or before each step (-1: none in this block).
+        start = jax.lax.cummax(jnp.where(rest[0], steps, -1)) if rest else None
+        if start is not None:
             causal = causal & (start[:, None] == start[None, :])
         # A step that writes NaN or inf poisons its segment from there on, as in
         # the recurrence. Kept out of the block's products, it cannot reach the
@@ -593,7 +565,8 @@ def _mlstm_block(
         i_pre = jnp.where(bad, -jnp.inf, i_pre)
         cum = jnp.cumsum(log_f, axis=1)
         base_memory, base_norm = memory0[:, None], norm0[:, None]
-        if rest:
+        if start is not None:
+            restarted = start >= 0
             before = (cum - log_f)[:, jnp.maximum(start, 0)]  # F before the reset
             cum_start = jnp.where(restarted, before, 0)
             m_start = jnp.where(restarted, init_m[:, None], m0[:, None])
