@@ -21,8 +21,9 @@ hoisted out of the loop, unroll 8 or 16, associative linear scans).
 Hypothesis profiles (pick one with Hypothesis's own `--hypothesis-profile=NAME`):
 
 - `ci`, the default (a plain `python -m pytest`): derandomised, so every run draws
-  the same examples; no deadline (first calls compile); no example database; 15
-  examples per test where the test does not set `max_examples` itself
+  the same examples; no deadline (first calls compile); no example database; 8
+  examples (besides the explicit `@example`s) per test where the test does not set
+  `max_examples` itself
   (test_differential.py does not, test_scan.py's property does).
 - `nightly`: 400 fresh random examples, no deadline, for the randomised differential
   test against PyTorch: `python -m pytest -m differential --hypothesis-profile=nightly`.
@@ -59,7 +60,7 @@ settings.register_profile(
     deadline=None,
     database=None,
     print_blob=True,
-    max_examples=15,
+    max_examples=8,
     # `each_platform` is function-scoped: it enters a context for the whole test,
     # which is the same for every example.
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

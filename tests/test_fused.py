@@ -29,7 +29,15 @@ from .helpers import (
 )
 
 
-pytestmark = pytest.mark.usefixtures("each_platform")
+# Each test runs under the CPU's and the GPU's choices (`each_platform`); the two
+# heaviest run under the GPU's in float64 and with a bias only: the platform picks
+# the step's form (hoisted or not), not its dtype or bias.
+
+
+@pytest.fixture
+def tuned(platform):
+    with eqrnn.tuned_for(platform):
+        yield platform
 
 
 CELLS = {
@@ -52,6 +60,7 @@ def _pair(kind: str, dtype: Any, key: Any, use_bias: bool = True) -> tuple[Any, 
     return make(), make(**generic)
 
 
+@pytest.mark.usefixtures("each_platform")
 def test_which_cells_fuse():
     key = jr.key(0)
     for cell in (
@@ -112,6 +121,7 @@ class _UserCell(eqrnn.AbstractStepCell):
         return None
 
 
+@pytest.mark.usefixtures("each_platform")
 def test_user_step_cell_runs_its_step():
     cell = _UserCell(2, 3, key=jr.key(0))
     x = jr.normal(jr.key(1), (4, 2))
@@ -153,8 +163,13 @@ _loss_and_grads = eqx.filter_jit(
 )
 
 
+@pytest.mark.usefixtures("tuned")
 @pytest.mark.parametrize("kind", list(CELLS))
-@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize(
+    "platform, dtype",
+    [("cpu", jnp.float64), ("cpu", jnp.float32), ("gpu", jnp.float64)],
+    ids=["cpu-float64", "cpu-float32", "gpu-float64"],
+)
 def test_fused_matches_generic(kind, dtype, getkey):
     fused, generic = _pair(kind, dtype, getkey())
     xs = jr.normal(getkey(), (3, 7, 3), dtype)
@@ -174,8 +189,13 @@ def test_fused_matches_generic(kind, dtype, getkey):
     assert_tree_allclose(leaves, leaves_ref, rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.usefixtures("tuned")
 @pytest.mark.parametrize("kind", list(CELLS))
-@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize(
+    "platform, use_bias",
+    [("cpu", True), ("cpu", False), ("gpu", True)],
+    ids=["cpu-bias", "cpu-no-bias", "gpu-bias"],
+)
 def test_fused_forward_mode_and_second_order(kind, use_bias, getkey):
     fused, generic = _pair(kind, jnp.float64, getkey(), use_bias=use_bias)
     x = jr.normal(getkey(), (5, 3), jnp.float64)
@@ -205,6 +225,7 @@ def test_fused_forward_mode_and_second_order(kind, use_bias, getkey):
     assert_tree_allclose(hvp_params(fused), hvp_params(generic))
 
 
+@pytest.mark.usefixtures("each_platform")
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_fused_under_vmap_over_cells(kind, getkey):
     """An ensemble: the weights themselves are batched by `vmap`."""
@@ -228,6 +249,7 @@ def test_fused_under_vmap_over_cells(kind, getkey):
     )
 
 
+@pytest.mark.usefixtures("each_platform")
 @pytest.mark.parametrize("kind", CELLS)
 @pytest.mark.parametrize("hoisted", [False, True])
 def test_fused_step_is_the_step(kind: str, hoisted: bool):
