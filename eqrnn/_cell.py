@@ -258,19 +258,25 @@ class AbstractStepCell(AbstractCell):
         return step_loop(call, xs, hidden, self.init_hidden(), plan)
 
 
-class AbstractStackedGatesCell(AbstractStepCell):
-    """A step-by-step cell whose input projection is `weight_ih @ x + bias`, gates
-    stacked on axis 0 of its weights in PyTorch's layout."""
+class AbstractAffineInputCell(AbstractCell):
+    """A cell whose input projection is `weight_ih @ x + bias`, gates stacked on
+    axis 0 of `weight_ih` in PyTorch's layout."""
 
     weight_ih: eqx.AbstractVar[Array]
-    weight_hh: eqx.AbstractVar[Array]
     bias: eqx.AbstractVar[Array | None]
-    use_bias: eqx.AbstractVar[bool]
 
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]
     ) -> Float[Array, "*time projected"]:
         return affine(inputs, self.weight_ih, self.bias)
+
+
+class AbstractStackedGatesCell(AbstractStepCell, AbstractAffineInputCell):
+    """A step-by-step cell whose input projection is `weight_ih @ x + bias`, gates
+    stacked on axis 0 of its weights in PyTorch's layout."""
+
+    weight_hh: eqx.AbstractVar[Array]
+    use_bias: eqx.AbstractVar[bool]
 
 
 def stacked_gates(
@@ -290,22 +296,41 @@ def stacked_gates(
     `hidden_size`, the resolved `dtype`, and `weight_ih`, `weight_hh` (reading
     `recurrent_size` entries, default `hidden_size`) and `bias`, drawn from
     `keys = (input key, recurrent key, bias key)`."""
+    dtype = resolve_dtype(dtype)
+    ikey, hkey, bkey = keys
+    input_size, hidden_size, weight_ih, bias = input_gates(
+        where, input_size, hidden_size, num_gates, use_bias, kernel_init, bias_init,
+        dtype, ikey, bkey,
+    )  # fmt: skip
+    recurrent_size = hidden_size if recurrent_size is None else recurrent_size
+    weight_hh = gate_kernels(
+        recurrent_kernel_init, hkey, recurrent_size, hidden_size, num_gates, dtype
+    )
+    return input_size, hidden_size, dtype, weight_ih, weight_hh, bias
+
+
+def input_gates(
+    where: str,
+    input_size: int,
+    hidden_size: int,
+    num_gates: int,
+    use_bias: bool,
+    kernel_init: Callable[..., Array],
+    bias_init: Callable[..., Array],
+    dtype: Any,
+    wkey: PRNGKeyArray,
+    bkey: PRNGKeyArray,
+) -> tuple[int, int, Array, Array | None]:
+    """Checked sizes, `weight_ih` `(num_gates * hidden_size, input_size)` (from
+    `wkey`) and `bias` (from `bkey`, or `None`) of gates that read the input."""
     input_size = check_size("input_size", input_size)
     hidden_size = check_size("hidden_size", hidden_size)
     check_bool(where, "use_bias", use_bias)
-    dtype = resolve_dtype(dtype)
-    ikey, hkey, bkey = keys
-    recurrent_size = hidden_size if recurrent_size is None else recurrent_size
-    return (
-        input_size,
-        hidden_size,
-        dtype,
-        gate_kernels(kernel_init, ikey, input_size, hidden_size, num_gates, dtype),
-        gate_kernels(
-            recurrent_kernel_init, hkey, recurrent_size, hidden_size, num_gates, dtype
-        ),
-        optional_bias(use_bias, bias_init, bkey, num_gates * hidden_size, dtype),
+    weight_ih = gate_kernels(
+        kernel_init, wkey, input_size, hidden_size, num_gates, dtype
     )
+    bias = optional_bias(use_bias, bias_init, bkey, num_gates * hidden_size, dtype)
+    return input_size, hidden_size, weight_ih, bias
 
 
 def affine(

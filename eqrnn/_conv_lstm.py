@@ -17,7 +17,15 @@ from ._cell import (
     default_recurrent_kernel_init,
     initial_hidden,
 )
-from ._misc import check_bool, check_forget_bias, check_size, make_bias, resolve_dtype
+from ._misc import (
+    check_bool,
+    check_forget_bias,
+    check_size,
+    gate_blocks,
+    optional_bias,
+    resolve_dtype,
+    with_forget_bias,
+)
 
 
 ConvLSTMHidden = tuple[
@@ -38,22 +46,6 @@ def conv(x: Array, kernel: Array, padding: str) -> Array:
     return jax.lax.conv_general_dilated(
         x, kernel, (1,) * (kernel.ndim - 2), padding.upper(), dimension_numbers=numbers
     )
-
-
-def _conv_kernels(
-    init: Callable[..., Array],
-    key: PRNGKeyArray,
-    window: tuple[int, ...],
-    in_channels: int,
-    out_channels: int,
-    dtype: Any,
-) -> Array:
-    """Four gates' kernels `(*window, in, 4 * out)`, each drawn on its own."""
-    draw = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
-    blocks = [
-        init(k, (*window, in_channels, out_channels), draw) for k in jr.split(key, 4)
-    ]
-    return jnp.concatenate(blocks, axis=-1).astype(dtype)
 
 
 def _default_kernel_init(key: PRNGKeyArray, shape: Sequence[int], dtype: Any) -> Array:
@@ -186,16 +178,15 @@ class ConvLSTMCell(AbstractStepCell, AbstractTupleStateCell):
         dtype = resolve_dtype(dtype)
         ikey, hkey, bkey, ckey = jr.split(key, 4)
         hs = self.hidden_size
-        self.weight_ih = _conv_kernels(
-            kernel_init, ikey, self.kernel_size, self.input_size, hs, dtype
+        window = self.kernel_size
+        self.weight_ih = gate_blocks(
+            kernel_init, ikey, (*window, self.input_size, hs), 4, dtype
         )
-        self.weight_hh = _conv_kernels(
-            recurrent_kernel_init, hkey, self.kernel_size, hs, hs, dtype
+        self.weight_hh = gate_blocks(
+            recurrent_kernel_init, hkey, (*window, hs, hs), 4, dtype
         )
-        bias = make_bias(bias_init, bkey, 4 * hs, dtype) if use_bias else None
-        if bias is not None and forget_bias != 0:
-            bias = bias.at[hs : 2 * hs].add(forget_bias)
-        self.bias = bias
+        bias = optional_bias(use_bias, bias_init, bkey, 4 * hs, dtype)
+        self.bias = with_forget_bias(bias, slice(hs, 2 * hs), forget_bias)
         self.initial_hidden = initial_hidden(
             carry_init, ckey, self.hidden_shapes(), dtype
         )

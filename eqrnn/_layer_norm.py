@@ -23,7 +23,7 @@ from ._cell import (
     stacked_gates,
 )
 from ._custom_types import HiddenArray, LSTMHidden
-from ._misc import check_forget_bias, check_positive
+from ._misc import check_forget_bias, check_positive, with_forget_bias
 
 
 def layer_norm(
@@ -151,9 +151,7 @@ class LayerNormLSTMCell(AbstractStepCell, AbstractTupleStateCell):
             (ikey, hkey, bkey),
         )
         hs = self.hidden_size
-        if bias is not None and forget_bias != 0:
-            bias = bias.at[hs : 2 * hs].add(forget_bias)
-        self.bias = bias
+        self.bias = with_forget_bias(bias, slice(hs, 2 * hs), forget_bias)
         self.use_bias = use_bias
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn

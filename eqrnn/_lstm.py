@@ -19,11 +19,7 @@ from ._cell import (
 )
 from ._custom_types import LSTMHidden
 from ._fused import laid_out, lstm_pointwise
-from ._misc import (
-    check_forget_bias,
-    check_size,
-    gate_kernels,
-)
+from ._misc import check_forget_bias, check_size, gate_kernels, with_forget_bias
 
 
 class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell):
@@ -144,9 +140,8 @@ class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell):
         self.use_bias = use_bias
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
-        if bias is not None and forget_bias != 0:
-            bias = bias.at[self.hidden_size : 2 * self.hidden_size].add(forget_bias)
-        self.bias = bias
+        hs = self.hidden_size
+        self.bias = with_forget_bias(bias, slice(hs, 2 * hs), forget_bias)
         self.weight_hr = (
             None
             if proj_size is None

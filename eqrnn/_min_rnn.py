@@ -9,16 +9,15 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._cell import affine, default_bias_init, default_kernel_init, initial_hidden
-from ._linear_cell import AbstractArrayStateLinearCell
-from ._misc import (
-    check_bool,
-    check_forget_bias,
-    check_size,
-    gate_kernels,
-    optional_bias,
-    resolve_dtype,
+from ._cell import (
+    AbstractAffineInputCell,
+    default_bias_init,
+    default_kernel_init,
+    initial_hidden,
+    input_gates,
 )
+from ._linear_cell import AbstractArrayStateLinearCell
+from ._misc import check_forget_bias, resolve_dtype, with_forget_bias
 
 
 def positive_g(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -34,41 +33,9 @@ def _check_activation(name: str, activation_fn: Any) -> None:
         )
 
 
-class AbstractMinCell(AbstractArrayStateLinearCell):
+class AbstractMinCell(AbstractArrayStateLinearCell, AbstractAffineInputCell):
     """What minGRU and minLSTM share: every gate is a linear map of the input, and
     the hidden state is the linear state."""
-
-    weight_ih: eqx.AbstractVar[Array]
-    bias: eqx.AbstractVar[Array | None]
-
-    def project_inputs(
-        self, inputs: Float[Array, "*time input_size"]
-    ) -> Float[Array, "*time projected"]:
-        return affine(inputs, self.weight_ih, self.bias)
-
-
-def _gate_parameters(
-    where: str,
-    input_size: int,
-    hidden_size: int,
-    num_gates: int,
-    use_bias: bool,
-    kernel_init: Callable[..., Array],
-    bias_init: Callable[..., Array],
-    dtype: Any,
-    wkey: PRNGKeyArray,
-    bkey: PRNGKeyArray,
-) -> tuple[int, int, Array, Array | None]:
-    """Checked sizes, `weight_ih` (from `wkey`) and `bias` (from `bkey`) of a cell
-    whose gates read the input only."""
-    input_size = check_size("input_size", input_size)
-    hidden_size = check_size("hidden_size", hidden_size)
-    check_bool(where, "use_bias", use_bias)
-    weight_ih = gate_kernels(
-        kernel_init, wkey, input_size, hidden_size, num_gates, dtype
-    )
-    bias = optional_bias(use_bias, bias_init, bkey, num_gates * hidden_size, dtype)
-    return input_size, hidden_size, weight_ih, bias
 
 
 class MinGRU(AbstractMinCell):
@@ -142,7 +109,7 @@ class MinGRU(AbstractMinCell):
         _check_activation("MinGRU", activation_fn)
         dtype = resolve_dtype(dtype)
         wkey, bkey, ckey = jr.split(key, 3)
-        self.input_size, self.hidden_size, self.weight_ih, self.bias = _gate_parameters(
+        self.input_size, self.hidden_size, self.weight_ih, self.bias = input_gates(
             "MinGRU",
             input_size,
             hidden_size,
@@ -248,7 +215,7 @@ class MinLSTM(AbstractMinCell):
         check_forget_bias("MinLSTM", forget_bias, use_bias)
         dtype = resolve_dtype(dtype)
         wkey, bkey, ckey = jr.split(key, 3)
-        input_size, hidden_size, self.weight_ih, bias = _gate_parameters(
+        input_size, hidden_size, self.weight_ih, bias = input_gates(
             "MinLSTM",
             input_size,
             hidden_size,
@@ -260,9 +227,7 @@ class MinLSTM(AbstractMinCell):
             wkey,
             bkey,
         )
-        if bias is not None and forget_bias != 0:
-            bias = bias.at[:hidden_size].add(forget_bias)
-        self.bias = bias
+        self.bias = with_forget_bias(bias, slice(hidden_size), forget_bias)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.use_bias = use_bias
         self.activation_fn = activation_fn

@@ -54,6 +54,28 @@ def check_forget_bias(where: str, forget_bias: Any, use_bias: bool) -> None:
         )
 
 
+def with_forget_bias(bias: Array | None, gate: slice, forget_bias: float) -> Any:
+    """`bias` with `forget_bias` added, once, to its forget gate's part `gate`."""
+    if bias is None or forget_bias == 0:
+        return bias
+    return bias.at[gate].add(forget_bias)
+
+
+def gate_blocks(
+    init: Callable[..., Array],
+    key: PRNGKeyArray,
+    shape: tuple[int, ...],
+    num_gates: int,
+    dtype: Any,
+) -> Array:
+    """`num_gates` blocks of `shape` (`(..., in, out)`), each drawn on its own from
+    `init`, concatenated on the last axis: `(..., in, num_gates * out)`."""
+    keys = jr.split(key, num_gates)
+    draw_dtype = _draw_dtype(dtype)
+    blocks = [init(k, shape, draw_dtype) for k in keys]
+    return jnp.concatenate(blocks, axis=-1).astype(dtype)
+
+
 def gate_kernels(
     init: Callable[..., Array],
     key: PRNGKeyArray,
@@ -68,10 +90,7 @@ def gate_kernels(
     then transposed, so that `lecun_normal` sees the right fan-in and `orthogonal`
     makes every gate's recurrent matrix orthogonal (as Flax's `LSTMCell` does).
     """
-    keys = jr.split(key, num_gates)
-    draw_dtype = _draw_dtype(dtype)
-    blocks = [init(k, (fan_in, hidden_size), draw_dtype) for k in keys]
-    return jnp.concatenate(blocks, axis=1).T.astype(dtype)
+    return gate_blocks(init, key, (fan_in, hidden_size), num_gates, dtype).T
 
 
 def _draw_dtype(dtype: Any) -> Any:
@@ -79,12 +98,6 @@ def _draw_dtype(dtype: Any) -> Any:
     # `modified_orthogonal` does: the QR decomposition behind `orthogonal` has no
     # bfloat16/float16 kernel.
     return jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
-
-
-def make_bias(
-    init: Callable[..., Array], key: PRNGKeyArray, size: int, dtype: Any
-) -> Array:
-    return jnp.asarray(init(key, (size,), _draw_dtype(dtype)), dtype)
 
 
 def optional_bias(
@@ -95,7 +108,9 @@ def optional_bias(
     dtype: Any,
 ) -> Array | None:
     """A bias of `size` entries drawn from `init`, or `None` without `use_bias`."""
-    return make_bias(init, key, size, dtype) if use_bias else None
+    if not use_bias:
+        return None
+    return jnp.asarray(init(key, (size,), _draw_dtype(dtype)), dtype)
 
 
 def check_bool(where: str, name: str, value: Any) -> bool:

@@ -12,13 +12,14 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
+    AbstractAffineInputCell,
     AbstractStackedGatesCell,
     AbstractTupleStateCell,
-    affine,
     default_bias_init,
     default_kernel_init,
     default_recurrent_kernel_init,
     initial_hidden,
+    input_gates,
 )
 from ._linear_scan import (
     MODES,
@@ -34,6 +35,7 @@ from ._misc import (
     gate_kernels,
     optional_bias,
     resolve_dtype,
+    with_forget_bias,
 )
 
 
@@ -139,25 +141,24 @@ class SLSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell):
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = hs = check_size("hidden_size", hidden_size)
-        self.num_heads = check_heads("SLSTMCell", hs, num_heads)
-        self.use_bias = check_bool("SLSTMCell", "use_bias", use_bias)
         check_forget_bias("SLSTMCell", forget_bias, use_bias)
         dtype = resolve_dtype(dtype)
         ikey, hkey, bkey, ckey = jr.split(key, 4)
+        self.input_size, self.hidden_size, self.weight_ih, bias = input_gates(
+            "SLSTMCell", input_size, hidden_size, 4, use_bias, kernel_init, bias_init,
+            dtype, ikey, bkey,
+        )  # fmt: skip
+        hs = self.hidden_size
+        self.num_heads = check_heads("SLSTMCell", hs, num_heads)
+        self.use_bias = use_bias
         head = hs // self.num_heads
-        self.weight_ih = gate_kernels(kernel_init, ikey, self.input_size, hs, 4, dtype)
         self.weight_hh = jnp.stack(
             [
                 gate_kernels(recurrent_kernel_init, k, head, head, 4, dtype)
                 for k in jr.split(hkey, self.num_heads)
             ]
         )
-        bias = optional_bias(use_bias, bias_init, bkey, 4 * hs, dtype)
-        if bias is not None and forget_bias != 0:
-            bias = bias.at[hs : 2 * hs].add(forget_bias)
-        self.bias = bias
+        self.bias = with_forget_bias(bias, slice(hs, 2 * hs), forget_bias)
         self.initial_hidden = initial_hidden(
             carry_init, ckey, self.hidden_shapes(), dtype
         )
@@ -170,11 +171,13 @@ class SLSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell):
     ) -> SLSTMHidden:
         h, c, n, m = hidden
         hs, heads = self.hidden_size, self.num_heads
-        # Each head's gates from its own units: (heads, 4 * head) -> gate-major.
+        size = hs // heads
+        # Each head's gates from its own units, gate-major: (4, heads, head_size).
         recurrent = jnp.einsum(
-            "kgd,kd->kg", self.weight_hh, h.reshape(heads, hs // heads)
+            "kgij,kj->gki",
+            self.weight_hh.reshape(heads, 4, size, size),
+            h.reshape(heads, size),
         )
-        recurrent = recurrent.reshape(heads, 4, hs // heads).swapaxes(0, 1)
         g = projected + recurrent.reshape(4 * hs)
         i_pre, f_pre, z_pre, o_pre = (
             g[:hs],
@@ -206,7 +209,7 @@ MLSTMHidden = tuple[
 ]
 
 
-class MLSTMCell(AbstractTupleStateCell):
+class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
     r"""xLSTM's mLSTM (Beck et al. 2024, eq. 19-27): a matrix memory per head,
     written by an outer product, with exponential input gate and no recurrence in
     the gates, so that a whole sequence also runs in parallel over time.
@@ -313,9 +316,7 @@ class MLSTMCell(AbstractTupleStateCell):
             ]
         )
         bias = optional_bias(use_bias, bias_init, bkey, 4 * hs + 2 * heads, dtype)
-        if bias is not None and forget_bias != 0:
-            bias = bias.at[4 * hs + heads :].add(forget_bias)
-        self.bias = bias
+        self.bias = with_forget_bias(bias, slice(4 * hs + heads, None), forget_bias)
         self.initial_hidden = initial_hidden(
             carry_init, ckey, self.hidden_shapes(), dtype
         )
@@ -323,11 +324,6 @@ class MLSTMCell(AbstractTupleStateCell):
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         heads, size = self.num_heads, self.hidden_size // self.num_heads
         return ((self.hidden_size,), (heads, size, size), (heads, size), (heads,))
-
-    def project_inputs(
-        self, inputs: Float[Array, "*time input_size"]
-    ) -> Float[Array, "*time projected"]:
-        return affine(inputs, self.weight_ih, self.bias)
 
     def _split(self, projected: Array) -> tuple[Array, ...]:
         """q, k (scaled), v as `(..., heads, head_size)`; o `(..., hidden_size)`;
@@ -350,8 +346,7 @@ class MLSTMCell(AbstractTupleStateCell):
         """`h` from the memory, normaliser and stabiliser, for any leading axes."""
         num = jnp.einsum("...kvd,...kd->...kv", memory, q)
         dot = jnp.einsum("...kd,...kd->...k", norm, q)
-        den = jnp.maximum(jnp.abs(dot), jnp.exp(-m)) + jnp.asarray(self.eps, m.dtype)
-        h = num / den[..., None]
+        h = _normalised(num, dot, m, self.eps)
         return jax.nn.sigmoid(o) * h.reshape(*h.shape[:-2], self.hidden_size)
 
     def step(
@@ -526,6 +521,13 @@ class MLSTMCell(AbstractTupleStateCell):
         return run
 
 
+def _normalised(num: Array, den: Array, m: Array, eps: float) -> Array:
+    """`num / (max(|den|, exp(-m)) + eps)`: the mLSTM's output before its gate, from
+    the stabilised numerator `C q` and denominator `n . q`."""
+    den = jnp.maximum(jnp.abs(den), jnp.exp(-m)) + jnp.asarray(eps, m.dtype)
+    return num / den[..., None]
+
+
 def _empty_like(hidden: Any) -> Any:
     return jax.tree.map(lambda h: jnp.zeros((0, *h.shape), h.dtype), hidden)
 
@@ -588,8 +590,7 @@ def _mlstm_block(
         start_nq = jnp.einsum("ktd,ktd->kt", base_norm, q)
         num = decay[..., None] * start_q + scores @ v
         den = decay * start_nq + jnp.sum(scores, axis=2)
-        den = jnp.maximum(jnp.abs(den), jnp.exp(-m)) + jnp.asarray(eps, m.dtype)
-        hs = jnp.where(poisoned[..., None], jnp.nan, num / den[..., None])
+        hs = jnp.where(poisoned[..., None], jnp.nan, _normalised(num, den, m, eps))
         hs = jax.nn.sigmoid(o) * hs.swapaxes(0, 1).reshape(-1, hidden_size)
 
         def memories(rows: slice) -> tuple[Array, Array, Array]:

@@ -144,6 +144,14 @@ def each_platform(request):
 
 
 @pytest.fixture
+def tuned(platform):
+    """`each_platform` for a test that parametrises `platform` itself (to run some
+    of its cases under one platform's choices only)."""
+    with eqrnn.tuned_for(platform):
+        yield platform
+
+
+@pytest.fixture
 def no_jaxtyping():
     """Switch the test-suite's jaxtyping hook off for a block, to exercise the checks
     the library itself runs for every user (with or without jaxtyping)."""

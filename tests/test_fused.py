@@ -34,12 +34,6 @@ from .helpers import (
 # the step's form (hoisted or not), not its dtype or bias.
 
 
-@pytest.fixture
-def tuned(platform):
-    with eqrnn.tuned_for(platform):
-        yield platform
-
-
 CELLS = {
     "lstm": eqrnn.LSTMCell,
     "gru": eqrnn.GRUCell,

@@ -35,12 +35,6 @@ CELL_PLATFORMS = [
 ]
 
 
-@pytest.fixture
-def tuned(platform):
-    with eqrnn.tuned_for(platform):
-        yield platform
-
-
 TIME, WIDTH = 6, 4
 LENGTHS = jnp.array([6, 4, 1, 0])
 
