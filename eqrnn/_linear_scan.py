@@ -21,7 +21,7 @@ uses: faster than complex64 on CPU, and bfloat16 stays possible; benchmarks/NOTE
 """
 
 import functools
-from typing import Any, Literal, TypeAlias, cast, overload
+from typing import Any, Literal, TypeAlias, overload
 
 import jax
 import jax.numpy as jnp
@@ -150,15 +150,22 @@ def _combine(earlier: Any, later: Any) -> Any:
     return mul(a2, a1), mul_add(a2, b1, b2)
 
 
-def _associative(
-    a: Any, b: Any, h0: Any, reverse: bool, stack: bool
-) -> tuple[Any, Any]:
+def _with_start(a: Any, b: Any, h0: Any, reverse: bool) -> Any:
+    """`b` with the starting state moved into the first step's offset:
+    `b_first := a_first h0 + b_first`, so that the recurrence can start from zero."""
     first = -1 if reverse else 0
-    # The starting state enters through the first step's offset: h_first = a h0 + b.
     start = mul_add(
         jax.tree.map(lambda x: x[first], a), h0, jax.tree.map(lambda x: x[first], b)
     )
-    b = jax.tree.map(lambda x, s: x.at[first].set(s), b, start)
+    return jax.tree.map(lambda x, s: x.at[first].set(s), b, start)
+
+
+def _associative(
+    a: Any, b: Any, h0: Any | None, reverse: bool, stack: bool
+) -> tuple[Any, Any]:
+    """The associative backend; `h0=None` starts from zero."""
+    if h0 is not None:
+        b = _with_start(a, b, h0, reverse)
     _, hs = jax.lax.associative_scan(_combine, (a, b), reverse=reverse)
     final = jax.tree.map(lambda x: x[0 if reverse else -1], hs)
     return final, (hs if stack else None)
@@ -296,44 +303,10 @@ def _h_prev(hs: Any, h0: Any, reverse: bool) -> Any:
     return jax.tree.map(previous, hs, h0)
 
 
-def _transpose_mul(a: Any, g: Any) -> Any:
-    """The transpose of `h -> a * h` applied to `g`: `a * g` (for pairs, the
-    product with `a` as a real 2x2 matrix, transposed)."""
-    if _is_pair(a):
-        (ar, ai), (gr, gi) = a, g
-        return ar * gr + ai * gi, ar * gi - ai * gr
-    return a * g
-
-
-def _cotangent_of_a(g: Any, h_prev: Any) -> Any:
-    """The cotangent of `a` in `a * h_prev` for the output cotangent `g`."""
-    if _is_pair(g):
-        (gr, gi), (hr, hi) = g, h_prev
-        return gr * hr + gi * hi, gi * hr - gr * hi
-    return g * h_prev
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _parallel_stacked(a: Any, b: Any, h0: Any, options: Any) -> tuple[Any, Any]:
-    mode, reverse, unroll, chunk_size = options
-    return _run(a, b, h0, mode, reverse, unroll, chunk_size, stack=True)
-
-
-def _parallel_fwd(a: Any, b: Any, h0: Any, options: Any) -> Any:
-    final, hs = cast(tuple[Any, Any], _parallel_stacked(a, b, h0, options))
-    return (final, hs), (a, h0, hs)
-
-
-def _parallel_bwd(options: Any, residuals: Any, cotangents: Any) -> Any:
-    # With lam_t = dL/dh_t in total: lam_t = g_t + a_{t+1} lam_{t+1}, one more
-    # linear recurrence, run backwards in time by the same backend; then db_t =
-    # lam_t, da_t = lam_t h_{t-1} and dh0 = a_first lam_first.
-    mode, reverse, unroll, chunk_size = options
-    a, h0, hs = residuals
-    d_final, d_hs = cotangents
-    last = 0 if reverse else -1
-    g = jax.tree.map(lambda d, f: d.at[last].add(f), d_hs, d_final)
-    # lam_t = g_t + a_{t+1}^T lam_{t+1}: shift `a` by one step, a zero at the end.
+def _shifted_transpose(a: Any, reverse: bool) -> Any:
+    """The coefficients of the transposed recurrence: `a` moved one step on
+    (`a_{t+1}`, zero after the last step) and, for pairs, the transpose of the
+    complex product."""
     shifted = jax.tree.map(
         lambda x: (
             jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]])
@@ -342,18 +315,38 @@ def _parallel_bwd(options: Any, residuals: Any, cotangents: Any) -> Any:
         ),
         a,
     )
-    if _is_pair(shifted):
-        shifted = (shifted[0], -shifted[1])  # the transpose of a complex product
+    return (shifted[0], -shifted[1]) if _is_pair(shifted) else shifted
+
+
+def _parallel_stacked(a: Any, b: Any, h0: Any, options: Any) -> tuple[Any, Any]:
+    """`(final, hs)` by the associative or chunked backend, as the solution of the
+    linear system `h_t - a_t h_{t-1} = b_t` (with `a_first h0` moved into `b`).
+
+    `jax.lax.custom_linear_solve` differentiates it in both modes without looking
+    inside the backend: the tangent is the same system with another right-hand
+    side, `db_t + da_t h_{t-1}`, solved by the same backend; reverse mode solves
+    the transposed system, `lam_t = g_t + a_{t+1} lam_{t+1}`, backwards in time.
+    Only `a` and the states are kept for it."""
+    mode, reverse, unroll, chunk_size = options
     zeros = jax.tree.map(jnp.zeros_like, h0)
-    _, lam = _run(shifted, g, zeros, mode, not reverse, unroll, chunk_size, True)
-    first = -1 if reverse else 0
-    d_h0 = _transpose_mul(
-        jax.tree.map(lambda x: x[first], a), jax.tree.map(lambda x: x[first], lam)
-    )
-    return _cotangent_of_a(lam, _h_prev(hs, h0, reverse)), lam, d_h0
+    b = _with_start(a, b, h0, reverse)
 
+    def matvec(h: Any) -> Any:
+        return jax.tree.map(jnp.subtract, h, mul(a, _h_prev(h, zeros, reverse)))
 
-_parallel_stacked.defvjp(_parallel_fwd, _parallel_bwd)
+    def run(a: Any, rhs: Any, reverse: bool) -> Any:
+        if mode == "associative":
+            return _associative(a, rhs, None, reverse, True)[1]
+        return _chunked(a, rhs, zeros, reverse, unroll, True, chunk_size)[1]
+
+    def solve(_: Any, rhs: Any) -> Any:
+        return run(a, rhs, reverse)
+
+    def transpose_solve(_: Any, rhs: Any) -> Any:
+        return run(_shifted_transpose(a, reverse), rhs, not reverse)
+
+    hs = jax.lax.custom_linear_solve(matvec, b, solve, transpose_solve)
+    return jax.tree.map(lambda x: x[0 if reverse else -1], hs), hs
 
 
 def linear_scan_final(
@@ -373,7 +366,7 @@ def linear_scan_final(
         return h0, (jax.tree.map(jnp.asarray, b) if stack else None)
     options = (mode, reverse, unroll, chunk_size)
     if mode != "sequential":
-        final, hs = cast(tuple[Any, Any], _parallel_stacked(a, b, h0, options))
+        final, hs = _parallel_stacked(a, b, h0, options)
         return final, (hs if stack else None)
     if stack:
         return _scan_stacked(a, b, h0, options)
@@ -464,11 +457,11 @@ def linear_scan(
         `eqrnn.scan_all_hidden`).
     - `chunk_size`: the number of steps per chunk for `mode="chunked"`.
 
-    The result can be differentiated with respect to `a`, `b` and `h0`: the
-    gradient is one more linear recurrence, run backwards in time by the same
-    backend. The associative and chunked backends define it for reverse mode
-    (`jax.grad`, `jax.vjp`) only; forward mode (`jax.jvp`, `jax.jacfwd`) needs
-    `mode="sequential"`.
+    The result can be differentiated with respect to `a`, `b` and `h0` in both
+    modes (`jax.grad`, `jax.vjp`, `jax.jvp`, `jax.jacfwd`, Hessian-vector
+    products): the tangent is the same recurrence with another `b`, and the
+    gradient one more linear recurrence run backwards in time, both by the same
+    backend.
 
     **Returns:**
 

@@ -391,8 +391,8 @@ def scan_last(
         `"associative"` (`jax.lax.associative_scan`, depth `log2(time)`),
         `"chunked"` (associative within chunks, sequential across them) or `"auto"`
         (sequential on CPU, associative on GPU and TPU); see `eqrnn.linear_scan`.
-        Every mode gives the step-by-step results up to rounding; forward-mode
-        differentiation (`jax.jvp`) needs `"sequential"`. `MLSTMCell` takes every
+        Every mode gives the step-by-step results up to rounding, and each can be
+        differentiated in forward and reverse mode. `MLSTMCell` takes every
         mode too (`"chunked"` and `"auto"` are its chunkwise form, see its
         docstring). Other cells run one step at a time and accept only `"auto"` and
         `"sequential"`.
@@ -483,8 +483,8 @@ def scan_all_hidden(
         `"associative"` (`jax.lax.associative_scan`, depth `log2(time)`),
         `"chunked"` (associative within chunks, sequential across them) or `"auto"`
         (sequential on CPU, associative on GPU and TPU); see `eqrnn.linear_scan`.
-        Every mode gives the step-by-step results up to rounding; forward-mode
-        differentiation (`jax.jvp`) needs `"sequential"`. `MLSTMCell` takes every
+        Every mode gives the step-by-step results up to rounding, and each can be
+        differentiated in forward and reverse mode. `MLSTMCell` takes every
         mode too (`"chunked"` and `"auto"` are its chunkwise form, see its
         docstring). Other cells run one step at a time and accept only `"auto"` and
         `"sequential"`.

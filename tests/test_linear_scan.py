@@ -140,7 +140,7 @@ def test_check_grads_in_float64(getkey):
 
     # One function of every backend and direction: a wrong derivative in any of
     # them shows (test_parallel_cells.py also checks each against the gradients of
-    # the step-by-step cell). Forward mode is for the sequential backend only.
+    # the step-by-step cell).
     @jax.jit
     def loss(a, b, h0):
         return sum(
@@ -149,15 +149,35 @@ def test_check_grads_in_float64(getkey):
             for reverse in (False, True)
         )
 
-    check_grads(loss, (a, b, h0), order=1, modes=["rev"])
-    sequential = jax.jit(_loss("sequential", True))
-    check_grads(sequential, (a, b, h0), order=1, modes=["fwd"])
+    check_grads(loss, (a, b, h0), order=1, modes=["rev", "fwd"])
 
 
-def test_forward_mode_through_a_parallel_backend_is_refused(getkey):
-    a, b = random_coefficients(getkey(), (5, 2))
-    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
-        jax.jvp(_loss("associative", False), (a, b, b[0]), (a, b, b[0]))
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("mode", ["associative", "chunked"])
+def test_forward_mode_and_hessians_agree_with_the_sequential_backend(
+    getkey, mode, reverse
+):
+    # jax.jvp, and forward-over-reverse (Hessian-vector products), through every
+    # backend: the #19 case that raised "can't apply forward-mode autodiff".
+    a, b = random_coefficients(getkey(), (7, 2))
+    h0 = jr.normal(getkey(), (2,))
+    tangents = (b, a, h0)
+
+    def jvp(mode):
+        return jax.jvp(_loss(mode, reverse), (a, b, h0), tangents)
+
+    def hvp(mode):
+        return jax.jvp(jax.grad(_loss(mode, reverse), (0, 1, 2)), (a, b, h0), tangents)
+
+    np.testing.assert_allclose(
+        jax.jit(jvp, static_argnums=0)(mode), jvp("sequential"), rtol=1e-12
+    )
+    for g, w in zip(
+        jax.tree.leaves(jax.jit(hvp, static_argnums=0)(mode)),
+        jax.tree.leaves(hvp("sequential")),
+        strict=True,
+    ):
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-12)
 
 
 def test_long_float32_sequences_keep_float32_accuracy(getkey):

@@ -221,3 +221,21 @@ def test_to_flax_asks_which_flax_lstm_and_keeps_the_class_it_is_given():
     assert type(to_flax(cell, lstm_type="plain")) is flax.LSTMCell
     # Cells with one Flax counterpart need no `lstm_type`.
     assert type(to_flax(eqrnn.SimpleCell(3, 4, key=jr.key(0)))) is flax.SimpleCell
+
+
+@pytest.mark.parametrize("mode", ["associative", "chunked"])
+def test_forward_mode_through_a_parallel_linear_cell_runs(mode):
+    # The #19 case: jax.jvp through mode="associative" raised JAX's "can't apply
+    # forward-mode autodiff (jvp) to a custom_vjp function". It now runs, and
+    # agrees with the step-by-step scan.
+    cell = eqrnn.MinGRU(3, 4, key=jr.key(0))
+    x = jr.normal(jr.key(1), (9, 3))
+
+    def run(x, mode):
+        return eqrnn.scan_all_hidden(cell, x, mode=mode)
+
+    tangent = jnp.ones_like(x)
+    got = jax.jit(lambda x: jax.jvp(lambda x: run(x, mode), (x,), (tangent,)))(x)
+    want = jax.jvp(lambda x: run(x, "sequential"), (x,), (tangent,))
+    for g, w in zip(got, want, strict=True):
+        assert jnp.allclose(g, w, rtol=1e-12, atol=1e-12)
