@@ -12,6 +12,7 @@ from jaxtyping import Array, Float, PyTree
 
 from ._cell import AbstractCell
 from ._loop import Plan, step_loop
+from ._newton import as_newton, newton_loop
 
 
 class CallableCell(AbstractCell):
@@ -38,7 +39,7 @@ class CallableCell(AbstractCell):
     initial_hidden: PyTree[Float[Array, "..."]]
     input_size: int | None = eqx.field(static=True)
     hidden_size: int | None = eqx.field(static=True)
-    modes: ClassVar[tuple[str, ...]] = ("auto", "sequential")
+    modes: ClassVar[tuple[str, ...]] = ("auto", "sequential", "newton")
 
     def __init__(
         self,
@@ -75,10 +76,19 @@ class CallableCell(AbstractCell):
     def run_sequence(
         self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
+        if as_newton(plan.mode) is not None:
+            return newton_loop(
+                self, _call_fn, None, inputs, hidden, self.initial_hidden, plan
+            )
+
         def call(x: Array, h: Any, k: Any) -> Any:
             return self.fn(x, h, key=k)
 
         return step_loop(call, inputs, hidden, self.initial_hidden, plan)
+
+
+def _call_fn(cell: CallableCell, x: Array, hidden: Any, key: Any) -> Any:
+    return cell.fn(x, hidden, key=key)
 
 
 def reset_state_of(fn: Any, hidden: Any, where: str) -> Any:

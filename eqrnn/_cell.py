@@ -23,6 +23,7 @@ from ._misc import (
     optional_bias,
     resolve_dtype,
 )
+from ._newton import AbstractNewtonCell, as_newton, newton_loop
 
 
 class AbstractCell(eqx.Module):
@@ -224,7 +225,7 @@ class AbstractStepCell(AbstractCell):
     else the input itself.
     """
 
-    modes: ClassVar[tuple[str, ...]] = ("auto", "sequential")
+    modes: ClassVar[tuple[str, ...]] = ("auto", "sequential", "newton")
 
     @abc.abstractmethod
     def fused_step(self, hoisted: bool) -> Callable[[Array, Any], Any] | None:
@@ -245,6 +246,16 @@ class AbstractStepCell(AbstractCell):
     def run_sequence(
         self, inputs: Float[Array, " time *input_shape"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
+        if as_newton(plan.mode) is not None:
+            return newton_loop(
+                self,
+                _call_step,
+                _call_unit_jacobians if isinstance(self, AbstractNewtonCell) else None,
+                self.project_inputs(inputs),
+                hidden,
+                self.init_hidden(),
+                plan,
+            )
         hoisted = plan.hoist
         xs = self.project_inputs(inputs) if hoisted else inputs
         fused = self.fused_step(hoisted)
@@ -256,6 +267,17 @@ class AbstractStepCell(AbstractCell):
             return self.step(x if hoisted else self.project_inputs(x), h)
 
         return step_loop(call, xs, hidden, self.init_hidden(), plan)
+
+
+def _call_step(cell: AbstractCell, projected: Array, hidden: Any, key: Any) -> Any:
+    del key
+    return cell.step(projected, hidden)
+
+
+def _call_unit_jacobians(
+    cell: AbstractNewtonCell, projected: Array, hidden: Any
+) -> Array:
+    return cell.unit_jacobians(projected, hidden)
 
 
 class AbstractAffineInputCell(AbstractCell):

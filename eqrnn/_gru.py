@@ -1,3 +1,4 @@
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +21,10 @@ from ._cell import (
 from ._custom_types import HiddenArray
 from ._fused import gru_pointwise, identity, laid_out
 from ._misc import optional_bias
+from ._newton import AbstractNewtonCell, pointwise_jacobians
 
 
-class GRUCell(AbstractStackedGatesCell, AbstractArrayStateCell):
+class GRUCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractNewtonCell):
     r"""A gated recurrent unit, reset-after form (as PyTorch, cuDNN and Equinox).
 
     $$\begin{aligned}
@@ -141,8 +143,22 @@ class GRUCell(AbstractStackedGatesCell, AbstractArrayStateCell):
     def step(
         self, projected: Float[Array, " three_hidden"], hidden: HiddenArray
     ) -> HiddenArray:
+        return self._pointwise(projected, self.weight_hh @ hidden, hidden)
+
+    def unit_jacobians(
+        self, projected: Float[Array, " three_hidden"], hidden: HiddenArray
+    ) -> Float[Array, "hidden_size 1 1"]:
+        return pointwise_jacobians(
+            functools.partial(self._pointwise, projected),
+            self.weight_hh @ hidden,
+            self.weight_hh,
+            hidden,
+        )
+
+    def _pointwise(
+        self, projected: Array, z: Array, hidden: HiddenArray
+    ) -> HiddenArray:
         hs = self.hidden_size
-        z = self.weight_hh @ hidden
         z_n = z[2 * hs :] if self.bias_hn is None else z[2 * hs :] + self.bias_hn
         r = self.gate_fn(projected[:hs] + z[:hs])
         u = self.gate_fn(projected[hs : 2 * hs] + z[hs : 2 * hs])

@@ -13,8 +13,8 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Shape
 
 from ._adapter import as_cell
 from ._custom_types import AnyHiddenLike, Inputs, Length
-from ._linear_scan import Mode
 from ._misc import describe_shape, input_shape_of
+from ._newton import ScanMode
 from ._platform import Unroll
 from ._scan import ScanOptions, check_length, check_sequence, run_scan
 
@@ -84,7 +84,7 @@ class RNN(eqx.Module):
     return_hidden: bool = eqx.field(static=True)
     unroll: Unroll = eqx.field(static=True)
     checkpoint: bool | int = eqx.field(static=True)
-    mode: Mode = eqx.field(static=True)
+    mode: ScanMode = eqx.field(static=True)
     check_finite: bool = eqx.field(static=True)
 
     def __init__(
@@ -96,7 +96,7 @@ class RNN(eqx.Module):
         return_hidden: bool = False,
         unroll: Unroll = "auto",
         checkpoint: bool | int = False,
-        mode: Mode = "auto",
+        mode: ScanMode = "auto",
         check_finite: bool = False,
     ):
         """**Arguments:**

@@ -23,7 +23,7 @@ class Plan(eqx.Module):
     - `unroll`: steps per `jax.lax.scan` iteration (resolved for the platform).
     - `chunk`: steps per checkpointed chunk, or `None`.
     - `mode`: how a cell that runs in parallel over time runs (`"auto"` is left
-      for the cell's family to resolve).
+      for the cell's family to resolve), a name or an `eqrnn.Newton`.
     - `hoist`: whether a step-by-step cell projects every input before the loop.
     - `where`: the public function, for error messages.
     """
@@ -36,7 +36,7 @@ class Plan(eqx.Module):
     stack: bool = eqx.field(static=True)
     unroll: int | bool = eqx.field(static=True)
     chunk: int | None = eqx.field(static=True)
-    mode: str = eqx.field(static=True)
+    mode: Any = eqx.field(static=True)
     hoist: bool = eqx.field(static=True)
     where: str = eqx.field(static=True)
 

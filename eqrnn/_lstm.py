@@ -1,3 +1,4 @@
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +21,10 @@ from ._cell import (
 from ._custom_types import LSTMHidden
 from ._fused import laid_out, lstm_pointwise
 from ._misc import check_forget_bias, check_size, gate_kernels, with_forget_bias
+from ._newton import AbstractNewtonCell, pointwise_jacobians
 
 
-class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell):
+class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell, AbstractNewtonCell):
     r"""A long short-term memory cell, with one fused matmul per step.
 
     $$\begin{aligned}
@@ -158,16 +160,36 @@ class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell):
     def step(
         self, projected: Float[Array, " four_hidden"], hidden: LSTMHidden
     ) -> LSTMHidden:
-        h, c = hidden
+        h, c = self._pointwise(projected, self.weight_hh @ hidden[0], hidden)
+        return (h if self.weight_hr is None else self.weight_hr @ h), c
+
+    def unit_jacobians(
+        self, projected: Float[Array, " four_hidden"], hidden: LSTMHidden
+    ) -> Float[Array, "hidden_size 2 2"]:
+        if self.weight_hr is not None:
+            raise ValueError(
+                "LSTMCell: with `proj_size`, `h` and `c` differ in size and the step "
+                "has no per-unit Jacobian: use `mode=eqrnn.Newton('full')`."
+            )
+        return pointwise_jacobians(
+            functools.partial(self._pointwise, projected),
+            self.weight_hh @ hidden[0],
+            self.weight_hh,
+            hidden,
+        )
+
+    def _pointwise(
+        self, projected: Array, recurrent: Array, hidden: tuple[Array, Array]
+    ) -> tuple[Array, Array]:
+        # The step before the projection `weight_hr`: `(h, c)` of `hidden_size`.
         hs = self.hidden_size
-        g = projected + self.weight_hh @ h
+        g = projected + recurrent
         i = self.gate_fn(g[:hs])
         f = self.gate_fn(g[hs : 2 * hs])
         cand = self.activation_fn(g[2 * hs : 3 * hs])
         o = self.gate_fn(g[3 * hs :])
-        c = f * c + i * cand
-        h = o * self.activation_fn(c)
-        return (h if self.weight_hr is None else self.weight_hr @ h), c
+        c = f * hidden[1] + i * cand
+        return o * self.activation_fn(c), c
 
     def fused_step(self, hoisted: bool) -> Callable[[Array, Any], Any] | None:
         if self.weight_hr is not None or not has_default_nonlinearities(

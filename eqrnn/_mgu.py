@@ -19,9 +19,10 @@ from ._cell import (
 )
 from ._custom_types import HiddenArray
 from ._fused import identity, laid_out
+from ._newton import AbstractNewtonCell, derivative
 
 
-class MGUCell(AbstractStackedGatesCell, AbstractArrayStateCell):
+class MGUCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractNewtonCell):
     r"""A minimal gated unit (Zhou et al. 2016, "Minimal Gated Unit for Recurrent
     Neural Networks", eq. 7): a GRU whose reset and update gates are one gate.
 
@@ -136,3 +137,17 @@ class MGUCell(AbstractStackedGatesCell, AbstractArrayStateCell):
         f = self.gate_fn(projected[:hs] + self.weight_hh[:hs] @ hidden)
         n = self.activation_fn(projected[hs:] + self.weight_hh[hs:] @ (f * hidden))
         return hidden + f * (n - hidden)
+
+    def unit_jacobians(
+        self, projected: Float[Array, " two_hidden"], hidden: HiddenArray
+    ) -> Float[Array, "hidden_size 1 1"]:
+        # n reads every unit's f * h, so the diagonal of dn/dh is W_n's diagonal
+        # times f plus diag(W_n diag(h f') W_f) = (W_n * W_f.T) @ (h f').
+        hs = self.hidden_size
+        w_f, w_n = self.weight_hh[:hs], self.weight_hh[hs:]
+        f, df = derivative(self.gate_fn, projected[:hs] + w_f @ hidden)
+        n, dn = derivative(self.activation_fn, projected[hs:] + w_n @ (f * hidden))
+        df_dh = df * jnp.diagonal(w_f)
+        dn_dh = dn * (jnp.diagonal(w_n) * f + (w_n * w_f.T) @ (hidden * df))
+        diagonal = 1 - f + (n - hidden) * df_dh + f * dn_dh
+        return diagonal[:, None, None]

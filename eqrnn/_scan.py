@@ -23,9 +23,9 @@ from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray
 from ._adapter import as_cell, modes_of
 from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
-from ._linear_scan import Mode, check_mode
 from ._loop import Plan
 from ._misc import check_bool, check_same_dtype, input_shape_of
+from ._newton import ScanMode, check_scan_mode, mode_name
 from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
 
 
@@ -38,7 +38,7 @@ class ScanOptions:
     reverse: bool = False
     unroll: Unroll = "auto"
     checkpoint: bool | int = False
-    mode: Mode = "auto"
+    mode: ScanMode = "auto"
     check_finite: bool = False
 
     def __post_init__(self) -> None:
@@ -47,17 +47,27 @@ class ScanOptions:
         check_bool(where, "check_finite", self.check_finite)
         check_unroll(self.unroll, where)
         chunk_length(self.checkpoint, 1, where)
-        check_mode(self.mode, where)
+        check_scan_mode(self.mode, where)
 
     def check_cell(self, cell: Any) -> None:
         """That `cell` runs in `mode`."""
-        if self.mode not in modes_of(cell):
+        name = mode_name(self.mode)
+        if name in modes_of(cell):
+            return
+        cell_name = type(cell).__name__
+        if name == "newton":
             raise ValueError(
-                f"{self.where}: `mode={self.mode!r}` needs a cell whose recurrence is "
-                "linear in its state (an `eqrnn.AbstractLinearCell` such as `MinGRU`, "
-                f"`MinLSTM`, `LRU` or `RGLRU`); {type(cell).__name__} is not, and "
-                "runs one step at a time: use mode='auto' or mode='sequential'."
+                f"{self.where}: `mode='newton'` runs a cell that steps one step after "
+                f"another in parallel over time; {cell_name} runs in parallel "
+                "already: use mode='auto', 'associative' or 'chunked'."
             )
+        raise ValueError(
+            f"{self.where}: `mode={self.mode!r}` needs a cell whose recurrence is "
+            "linear in its state (an `eqrnn.AbstractLinearCell` such as `MinGRU`, "
+            f"`MinLSTM`, `LRU` or `RGLRU`); {cell_name} is not, and runs one step "
+            "at a time: use mode='auto', 'sequential', or 'newton' to run it in "
+            "parallel by Newton's method."
+        )
 
 
 def _check_hidden(cell: AbstractCell, hidden: Any, where: str) -> Any:
@@ -346,7 +356,7 @@ def scan_last(
     unroll: Unroll = "auto",
     checkpoint: bool | int = False,
     key: PRNGKeyArray | None = None,
-    mode: Mode = "auto",
+    mode: ScanMode = "auto",
     check_finite: bool = False,
 ) -> AnyHidden:
     """Run `cell` over one sequence and return the final hidden state.
@@ -434,7 +444,7 @@ def scan_all_hidden(
     unroll: Unroll = "auto",
     checkpoint: bool | int = False,
     key: PRNGKeyArray | None = None,
-    mode: Mode = "auto",
+    mode: ScanMode = "auto",
     check_finite: bool = False,
 ) -> AnyHiddens:
     """Run `cell` over one sequence and return the hidden state of every step.

@@ -1,3 +1,4 @@
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -19,9 +20,10 @@ from ._cell import (
 from ._custom_types import HiddenArray
 from ._fused import identity, laid_out
 from ._misc import check_bool
+from ._newton import AbstractNewtonCell, pointwise_jacobians
 
 
-class SimpleCell(AbstractStackedGatesCell, AbstractArrayStateCell):
+class SimpleCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractNewtonCell):
     r"""An Elman cell: $h' = \phi(W_{ih} x + W_{hh} h + b)$.
 
     With `residual=True`, $h' = \phi(W_{ih} x + W_{hh} h + b + h)$, as Flax's
@@ -124,5 +126,20 @@ class SimpleCell(AbstractStackedGatesCell, AbstractArrayStateCell):
     def step(
         self, projected: Float[Array, " hidden_size"], hidden: HiddenArray
     ) -> HiddenArray:
-        pre = projected + self.weight_hh @ hidden
+        return self._pointwise(projected, self.weight_hh @ hidden, hidden)
+
+    def unit_jacobians(
+        self, projected: Float[Array, " hidden_size"], hidden: HiddenArray
+    ) -> Float[Array, "hidden_size 1 1"]:
+        return pointwise_jacobians(
+            functools.partial(self._pointwise, projected),
+            self.weight_hh @ hidden,
+            self.weight_hh,
+            hidden,
+        )
+
+    def _pointwise(
+        self, projected: Array, recurrent: Array, hidden: HiddenArray
+    ) -> HiddenArray:
+        pre = projected + recurrent
         return self.activation_fn(pre + hidden if self.residual else pre)

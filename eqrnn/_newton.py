@@ -1,0 +1,549 @@
+r"""Newton's method over time: a nonlinear recurrence evaluated in parallel.
+
+Every state $h_t = f(x_t, h_{t-1})$ of a sequence is guessed at once, each step is
+linearised around the guess, and the correction solves the linear recurrence
+$\delta_t = A_t \delta_{t-1} + (f(x_t, h_{t-1}) - h_t)$ with the linear-scan engine.
+With $A_t$ the step's Jacobian this is Newton's method (DEER, Lim et al. 2023); with
+its diagonal or its per-unit blocks it is a quasi-Newton method (quasi-DEER, ELK,
+Gonzalez et al. 2024). Whatever $A_t$, the recurrence is causal, so iteration $k$
+makes the first $k$ states exact: `max_iterations = time` is exact, and the loop
+stops as soon as the residual $\max_t |h_t - f(x_t, h_{t-1})|$ is at rounding level.
+
+Derivatives are exact too, whichever linearisation runs the forward pass. The
+solution is made differentiable by the implicit function theorem, through
+`jax.lax.custom_linear_solve`: the tangent solves $(I - J S) \dot h = \partial f$
+and the gradient the transposed system, both with the full per-step Jacobian $J_t$
+applied as one batched JVP (VJP) over all steps and the chosen $A_t$ as
+preconditioner, iterated to the same tolerance.
+"""
+
+import abc
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, Literal, TypeAlias
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._linear_scan import MODES, _associative, _sequential
+from ._platform import auto_mode
+
+
+LINEARISATIONS = ("auto", "full", "blocks", "diagonal")
+# `linearisation="auto"` takes the full Jacobian up to this many state entries
+# (an associative scan over n x n matrices, O(time n^3) work), else blocks.
+AUTO_FULL_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Newton:
+    """`mode=eqrnn.Newton(...)`: evaluate a step-by-step cell in parallel over time
+    by Newton's method; `mode="newton"` is `Newton()`.
+
+    !!! example
+
+        ```python
+        cell = eqrnn.GRUCell(3, 8, key=jax.random.key(0))
+        x = jnp.ones((500, 3))
+        hs = eqrnn.scan_all_hidden(cell, x, mode=eqrnn.Newton("diagonal"))
+        ```
+
+    **Fields:**
+
+    - `linearisation`: what each iteration keeps of the step's Jacobian
+        $\\partial h_t / \\partial h_{t-1}$:
+        - `"full"`: all of it (DEER; from `jax.jacfwd` of the step): the fewest
+          iterations, O(time n^3) work and O(time n^2) memory for a state of
+          n entries;
+        - `"blocks"`: per unit, the block between the arrays of the state (2x2 for
+          `LSTMCell`'s `(h_j, c_j)`; the diagonal for one-array states);
+        - `"diagonal"`: its diagonal (quasi-DEER): O(time n), more iterations;
+        - `"auto"`: `"full"` up to 32 state entries, else `"blocks"`.
+
+        The built-in `SimpleCell`, `GRUCell`, `LSTMCell` (without `proj_size`) and
+        `MGUCell` provide blocks and diagonals analytically; other cells (and
+        yours, unless it subclasses `eqrnn.AbstractNewtonCell`) take `"full"`.
+    - `max_iterations`: the most iterations of the forward pass and of each
+        linear solve of the backward pass. `None` (the default) is the sequence
+        length, which is always exact: iteration $k$ makes the first $k$ states
+        exact. A smaller cap that is reached before the tolerance raises (an
+        `eqx.error_if`, inside `jax.jit` a `JaxRuntimeError`): the result is never
+        silently inexact.
+    - `tol`: the tolerance on the residual $\\max_t |h_t - f(x_t, h_{t-1})|$,
+        relative to $\\max(1, \\max_t |h_t|)$; `None` is 64 times the dtype's
+        epsilon (7.6e-6 in float32, 1.4e-14 in float64).
+
+    Newton pays when a step is cheap next to its launch overhead (an accelerator,
+    long sequences, modest hidden sizes) and the dynamics forget quickly. On a CPU
+    it is slower than the step-by-step scan, and `mode="auto"` never picks it. Cells
+    whose dynamics amplify perturbations (large recurrent weights, chaotic
+    regimes) need many iterations, up to the sequence length: then every iteration
+    costs a parallel pass and the result is still exact, but slow.
+    `eqrnn.newton_iterations` tells how many a given input takes.
+    """
+
+    linearisation: str = "auto"
+    max_iterations: int | None = None
+    tol: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.linearisation not in LINEARISATIONS:
+            raise ValueError(
+                "Newton: `linearisation` must be one of 'auto', 'full', 'blocks' or "
+                f"'diagonal', got {self.linearisation!r}."
+            )
+        cap = self.max_iterations
+        if cap is not None and (
+            isinstance(cap, bool) or not isinstance(cap, int) or cap < 1
+        ):
+            raise ValueError(
+                "Newton: `max_iterations` must be a positive int or None (the "
+                f"sequence length, always exact), got {cap!r}."
+            )
+        tol = self.tol
+        if tol is not None and (
+            isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0
+        ):
+            raise ValueError(
+                f"Newton: `tol` must be a positive float or None, got {tol!r}."
+            )
+
+
+# The `mode` of the scan helpers and layers.
+ScanMode: TypeAlias = (
+    Literal["auto", "sequential", "associative", "chunked", "newton"] | Newton
+)
+
+
+def check_scan_mode(mode: Any, where: str) -> None:
+    if isinstance(mode, Newton):
+        return
+    if not isinstance(mode, str) or mode not in (*MODES, "newton"):
+        raise ValueError(
+            f"{where}: `mode` must be one of 'auto', 'sequential', 'associative', "
+            f"'chunked', 'newton' or an `eqrnn.Newton(...)`, got {mode!r}."
+        )
+
+
+def mode_name(mode: Any) -> str:
+    """`mode` as one of the names in a cell's `modes`."""
+    return "newton" if isinstance(mode, Newton) else mode
+
+
+def as_newton(mode: Any) -> Newton | None:
+    """The `Newton` that `mode` stands for, or `None` for the other modes."""
+    if isinstance(mode, Newton):
+        return mode
+    return Newton() if mode == "newton" else None
+
+
+class AbstractNewtonCell(eqx.Module):
+    """A step-by-step cell that gives Newton's method its step's Jacobian per unit,
+    so that `Newton("blocks")` and `Newton("diagonal")` run without forming the
+    whole Jacobian.
+
+    Its hidden state is an array, or a tuple of arrays, each of `num_units`
+    entries; unit `j` is entry `j` of every array.
+    """
+
+    @abc.abstractmethod
+    def unit_jacobians(
+        self, projected: Float[Array, " projected"], hidden: Any
+    ) -> Float[Array, "units arrays arrays"]:
+        """The per-unit blocks of the step's Jacobian.
+
+        **Arguments:**
+
+        - `projected`: `project_inputs` of this step's input.
+        - `hidden`: the state the step starts from.
+
+        **Returns:**
+
+        `J[j, a, b]`: the derivative of entry `j` of array `a` of the new state
+        with respect to entry `j` of array `b` of `hidden`, shape
+        `(num_units, num_arrays, num_arrays)`.
+        """
+
+
+def pointwise_jacobians(
+    pointwise: Callable[..., Any],
+    recurrent: Array,
+    weight_hh: Array,
+    hidden: Any,
+) -> Array:
+    """`unit_jacobians` of a cell whose step is `pointwise(weight_hh @ h, state)`,
+    unit `j` of the result reading only unit `j` of its arguments (the gated cells
+    are: every gate of unit `j` reads row `j` of its block of `weight_hh @ h`), and
+    `recurrent = weight_hh @ h` read from the first array of the state only.
+
+    One JVP per array of the state gives every unit's block column at once: moving
+    `h` by ones moves the pre-activations by the diagonals of `weight_hh`'s gate
+    blocks, and by units of other arrays moves nothing else."""
+    is_tuple = isinstance(hidden, tuple)
+    leaves = hidden if is_tuple else (hidden,)
+    units = leaves[0].shape[0]
+    blocks = weight_hh.reshape(-1, units, weight_hh.shape[-1])
+    diagonals = jnp.diagonal(blocks, axis1=1, axis2=2).reshape(-1)
+    columns = []
+    for b in range(len(leaves)):
+        d_recurrent = diagonals if b == 0 else jnp.zeros_like(recurrent)
+        d_leaves = tuple(
+            jnp.ones_like(x) if a == b else jnp.zeros_like(x)
+            for a, x in enumerate(leaves)
+        )
+        _, out = jax.jvp(
+            pointwise,
+            (recurrent, hidden),
+            (d_recurrent, d_leaves if is_tuple else d_leaves[0]),
+        )
+        columns.append(jnp.stack(out if is_tuple else (out,), -1))
+    return jnp.stack(columns, -1)
+
+
+def derivative(fn: Callable[[Array], Array], x: Array) -> tuple[Array, Array]:
+    """`(fn(x), fn'(x))` of an elementwise `fn`."""
+    return jax.jvp(fn, (x,), (jnp.ones_like(x),))
+
+
+# --- the engine: states flattened to one vector of n entries per step ---------
+
+
+def _shift(hs: Array, start: Array) -> Array:
+    """The state each step starts from: `start`, then `hs[:-1]`."""
+    return jnp.concatenate([start[None], hs[:-1]])
+
+
+def _shift_back(a: Array) -> Array:
+    """`a[t + 1]` at step `t`, zero after the last: the transposed system's
+    coefficients."""
+    return jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
+
+
+def _max_abs(x: Array) -> Array:
+    return jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
+
+
+class _Coefficients(eqx.Module):
+    """Every step's linearisation `A_t`, and how to solve `d_t = A_t d_{t-1} + r_t`
+    with it (forwards) or its transpose (backwards)."""
+
+    a: Array  # (T, n) diagonal, (T, U, L, L) blocks or (T, n, n) full
+    kind: str = eqx.field(static=True)
+    arrays: int = eqx.field(static=True)
+
+    def solve(self, r: Array, transpose: bool = False) -> Array:
+        kind, a = self.kind, self.a
+        mode = auto_mode()
+        if kind == "diagonal":
+            if transpose:
+                a = _shift_back(a)
+            if mode == "sequential":
+                return _sequential(a, r, jnp.zeros_like(r[0]), transpose, 1, True)[1]
+            return _associative(a, r, None, transpose, True)[1]
+        if kind == "blocks":
+            num = a.shape[1]
+            # (T, n) leaf-major -> (T, U, L): unit j holds entry j of each array.
+            r = r.reshape(r.shape[0], self.arrays, num).swapaxes(1, 2)
+        else:
+            a, r = a[:, None], r[:, None]
+        if transpose:
+            a = _shift_back(jnp.swapaxes(a, -1, -2))
+        out = _matrix_scan(a, r, transpose, mode)
+        if kind == "blocks":
+            return out.swapaxes(1, 2).reshape(out.shape[0], -1)
+        return out[:, 0]
+
+
+def _matvec(a: Array, v: Array) -> Array:
+    return jnp.einsum("...ij,...j->...i", a, v)
+
+
+def _matrix_scan(a: Array, b: Array, reverse: bool, mode: str) -> Array:
+    """`h_t = a_t @ h_{t-1} + b_t` from zero, for batches of small matrices."""
+    if mode == "sequential":
+
+        def body(h: Array, ab: tuple[Array, Array]) -> tuple[Array, Array]:
+            h = _matvec(ab[0], h) + ab[1]
+            return h, h
+
+        return jax.lax.scan(body, jnp.zeros_like(b[0]), (a, b), reverse=reverse)[1]
+
+    def combine(earlier: Any, later: Any) -> Any:
+        a1, b1 = earlier
+        a2, b2 = later
+        return jnp.einsum("...ij,...jk->...ik", a2, a1), _matvec(a2, b1) + b2
+
+    return jax.lax.associative_scan(combine, (a, b), reverse=reverse)[1]
+
+
+class _System(eqx.Module):
+    """One sequence as Newton's method sees it: the step on flattened states over
+    all steps at once, and its linearisations. `cell` and `reset_state` are what the
+    step reads besides each step's `xs` (the projected input, its key, whether the
+    step is valid and whether it resets); `call(cell, x, hidden, key)` and
+    `unit_jacobians(cell, x, hidden)` are plain functions of them."""
+
+    cell: Any
+    reset_state: Array
+    call: Callable[..., Any] = eqx.field(static=True)
+    unit_jacobians: Callable[..., Any] | None = eqx.field(static=True)
+    treedef: Any = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+
+    def unflatten(self, v: Array) -> Any:
+        leaves, start = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            leaves.append(v[start : start + size].reshape(shape))
+            start += size
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def start(self, xs: Any, prev: Array) -> Array:
+        """The state a step reads: the reset state at a reset step, else `prev`."""
+        reset = xs[3]
+        return prev if reset is None else jnp.where(reset, self.reset_state, prev)
+
+    def step(self, xs: Any, prev: Array) -> Array:
+        """One step on flattened states; a padded step keeps `prev`."""
+        x, key, valid, _ = xs
+        new = flatten(
+            self.call(self.cell, x, self.unflatten(self.start(xs, prev)), key)
+        )
+        return new if valid is None else jnp.where(valid, new, prev)
+
+    def steps(self, xs: Any, prevs: Array) -> Array:
+        return jax.vmap(self.step)(xs, prevs)
+
+    def coefficients(self, xs: Any, prevs: Array, kind: str) -> _Coefficients:
+        arrays = len(self.shapes)
+        if kind == "full":
+            a = jax.vmap(jax.jacfwd(self.step, argnums=1))(xs, prevs)
+        else:
+            assert self.unit_jacobians is not None
+
+            def unit(xs: Any, prev: Array) -> Array:
+                assert self.unit_jacobians is not None
+                start = self.unflatten(self.start(xs, prev))
+                return self.unit_jacobians(self.cell, xs[0], start)
+
+            blocks = jax.vmap(unit)(xs, prevs)  # (T, U, L, L)
+            if kind == "diagonal":
+                diag = jnp.diagonal(blocks, axis1=2, axis2=3)  # (T, U, L)
+                a = diag.swapaxes(1, 2).reshape(diag.shape[0], -1)
+            else:
+                a = blocks
+            _, _, valid, reset = xs
+            # A reset step does not read the state; a padded step is the identity.
+            if reset is not None:
+                a = jnp.where(reset.reshape((-1,) + (1,) * (a.ndim - 1)), 0, a)
+            if valid is not None:
+                eye = (
+                    jnp.ones_like(a)
+                    if kind == "diagonal"
+                    else jnp.broadcast_to(jnp.eye(arrays, dtype=a.dtype), a.shape)
+                )
+                a = jnp.where(valid.reshape((-1,) + (1,) * (a.ndim - 1)), a, eye)
+        return _Coefficients(a, kind, arrays)
+
+
+def flatten(tree: Any) -> Array:
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+def _tolerance(newton: Newton, dtype: Any) -> float:
+    if newton.tol is not None:
+        return float(newton.tol)
+    return 64 * float(jnp.finfo(dtype).eps)
+
+
+def _iterate(
+    residual: Callable[[Array], Array],
+    correct: Callable[[Array, Array], Array],
+    x0: Array,
+    tol: Array,
+    cap: int,
+    scale: Callable[[Array], Array],
+) -> tuple[Array, Array, Array]:
+    """`x <- x + correct(x, residual(x))` until `max|residual| <= tol * scale(x)`
+    or `cap` iterations: `(x, iterations, converged)`."""
+
+    def done(x: Array, r: Array) -> Array:
+        return _max_abs(r) <= tol * scale(x)
+
+    def cond(carry: tuple[Array, Array, Array]) -> Array:
+        x, r, k = carry
+        return jnp.logical_and(k < cap, jnp.logical_not(done(x, r)))
+
+    def body(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        x, r, k = carry
+        x = x + correct(x, r)
+        return x, residual(x), k + 1
+
+    x, r, k = jax.lax.while_loop(cond, body, (x0, residual(x0), jnp.array(0)))
+    return x, k, done(x, r)
+
+
+def newton_forward(
+    system: _System, xs: Any, h0: Array, kind: str, newton: Newton
+) -> tuple[Array, Array, Array]:
+    """`(hs, iterations, converged)`: every step's state, flattened, by Newton's
+    method; nothing here is differentiated."""
+    num_steps = jax.tree.leaves(xs)[0].shape[0]
+    tol = jnp.asarray(_tolerance(newton, h0.dtype), h0.dtype)
+    cap = num_steps if newton.max_iterations is None else newton.max_iterations
+
+    def residual(hs: Array) -> Array:
+        return system.steps(xs, _shift(hs, h0)) - hs
+
+    def correct(hs: Array, r: Array) -> Array:
+        return system.coefficients(xs, _shift(hs, h0), kind).solve(r)
+
+    guess = jnp.broadcast_to(h0, (num_steps, h0.shape[0]))
+    return _iterate(
+        residual, correct, guess, tol, cap, lambda hs: jnp.maximum(1, _max_abs(hs))
+    )
+
+
+def newton_solve(
+    system: _System, xs: Any, h0: Array, kind: str, newton: Newton
+) -> Array:
+    """Every step's state, flattened, differentiable with respect to the cell and
+    reset state (in `system`), `xs` and `h0`, in forward and reverse mode."""
+    num_steps = jax.tree.leaves(xs)[0].shape[0]
+    f_system, f_xs, f_h0 = _stop_gradient((system, xs, h0))
+    hs, _, converged = newton_forward(f_system, f_xs, f_h0, kind, newton)
+    if newton.max_iterations is not None and newton.max_iterations < num_steps:
+        hs = eqx.error_if(
+            hs,
+            jnp.logical_not(converged),
+            f"Newton: `max_iterations={newton.max_iterations}` was reached before "
+            "the tolerance, so the result would be inexact. Raise it, or pass "
+            "`max_iterations=None` (the sequence length, always exact).",
+        )
+    hs = jax.lax.stop_gradient(hs)
+    prevs = _shift(hs, f_h0)
+    # The step's Jacobian at the solution, as a linear map over all steps.
+    _, jvp = jax.linearize(lambda p: f_system.steps(f_xs, p), prevs)
+    zero = jnp.zeros_like(h0)
+    tol = jnp.asarray(_tolerance(newton, h0.dtype), h0.dtype)
+    cap = num_steps if newton.max_iterations is None else newton.max_iterations
+
+    def matvec(v: Array) -> Array:
+        return v - jvp(_shift(v, zero))
+
+    def solve(matvec: Callable[[Array], Array], rhs: Array) -> Array:
+        coefficients = f_system.coefficients(f_xs, prevs, kind)
+        return _linear_solve(matvec, rhs, coefficients, False, tol, cap)
+
+    def transpose_solve(vecmat: Callable[[Array], Array], rhs: Array) -> Array:
+        coefficients = f_system.coefficients(f_xs, prevs, kind)
+        return _linear_solve(vecmat, rhs, coefficients, True, tol, cap)
+
+    # Zero in value; its tangent is the step's derivative with respect to the
+    # cell, the inputs and `h0` at the solution: the right-hand side of the
+    # implicit function theorem's system.
+    f = system.steps(xs, _shift(hs, h0))
+    rhs = f - jax.lax.stop_gradient(f)
+    return hs + jax.lax.custom_linear_solve(matvec, rhs, solve, transpose_solve)
+
+
+def _linear_solve(
+    op: Callable[[Array], Array],
+    rhs: Array,
+    coefficients: _Coefficients,
+    transpose: bool,
+    tol: Array,
+    cap: int,
+) -> Array:
+    """`op(v) = rhs` for `op = I - J S` (or its transpose), preconditioned by the
+    chosen linearisation: exact in one iteration with the full Jacobian."""
+    v, _, _ = _iterate(
+        lambda v: rhs - op(v),
+        lambda v, r: coefficients.solve(r, transpose),
+        jnp.zeros_like(rhs),
+        tol,
+        cap,
+        lambda v: jnp.maximum(_max_abs(rhs), _max_abs(v)),
+    )
+    return v
+
+
+def _stop_gradient(tree: Any) -> Any:
+    """`jax.lax.stop_gradient` on the arrays of `tree`, other leaves kept."""
+    arrays, rest = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
+
+
+def _kind(newton: Newton, system: _System, size: int, where: str) -> str:
+    """The linearisation that runs: `newton.linearisation` resolved and checked."""
+    kind = newton.linearisation
+    units = {shape for shape in system.shapes}
+    cheap = system.unit_jacobians is not None and len(units) == 1
+    if kind == "auto":
+        return "full" if size <= AUTO_FULL_SIZE or not cheap else "blocks"
+    if kind != "full" and not cheap:
+        name = type(system.cell).__name__
+        why = (
+            "its hidden state's arrays differ in shape"
+            if system.unit_jacobians is not None
+            else "it does not give its step's Jacobian per unit (subclass "
+            "`eqrnn.AbstractNewtonCell` to do so)"
+        )
+        raise ValueError(
+            f"{where}: `mode=eqrnn.Newton({kind!r})` needs the step's Jacobian per "
+            f"unit, and {name} cannot give it: {why}. Use "
+            "`mode=eqrnn.Newton('full')` (the whole Jacobian, by `jax.jacfwd`)."
+        )
+    return kind
+
+
+def newton_loop(
+    cell: Any,
+    call: Callable[..., Any],
+    unit_jacobians: Callable[..., Any] | None,
+    xs: Array,
+    hidden: Any,
+    reset_state: Any,
+    plan: Any,
+) -> tuple[Any, Any]:
+    """`(final, stacked)` of one sequence by Newton's method, as a cell family's
+    `run_sequence` returns them; `call(cell, x, hidden, key)` is one step."""
+    newton = as_newton(plan.mode)
+    assert newton is not None
+    leaves = jax.tree.leaves(hidden)
+    for leaf in leaves:
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            raise TypeError(
+                f"{plan.where}: `mode='newton'` linearises the step in its hidden "
+                f"state, which must be floating point; got dtype {leaf.dtype}. Use "
+                "mode='sequential'."
+            )
+    num_steps = xs.shape[0]
+    if num_steps == 0:
+        empty = jax.tree.map(lambda x: jnp.zeros((0, *x.shape), x.dtype), hidden)
+        return hidden, (empty if plan.stack else None)
+    seq = (xs, plan.keys, plan.valid, plan.resets)
+    if plan.reverse:
+        seq = jax.tree.map(lambda a: jnp.flip(a, 0), seq)
+    system = _System(
+        cell,
+        flatten(reset_state),
+        jax.checkpoint(call) if plan.chunk is not None else call,
+        unit_jacobians,
+        jax.tree.structure(hidden),
+        tuple(leaf.shape for leaf in leaves),
+    )
+    h0 = flatten(hidden)
+    kind = _kind(newton, system, h0.shape[0], plan.where)
+    hs = newton_solve(system, seq, h0, kind, newton)
+    final = system.unflatten(hs[-1])
+    if not plan.stack:
+        return final, None
+    if plan.valid is not None:
+        hs = jnp.where(seq[2][:, None], hs, 0)
+    if plan.reverse:
+        hs = jnp.flip(hs, 0)
+    return final, jax.vmap(system.unflatten)(hs)
