@@ -24,8 +24,13 @@ from ._lru import LRU as LRU, RGLRU as RGLRU
 from ._lstm import LSTMCell as LSTMCell
 from ._mgu import MGUCell as MGUCell
 from ._min_rnn import MinGRU as MinGRU, MinLSTM as MinLSTM
+from ._newton import AbstractNewtonCell as AbstractNewtonCell, Newton as Newton
 from ._platform import tuned_for as tuned_for
-from ._scan import scan_all_hidden as scan_all_hidden, scan_last as scan_last
+from ._scan import (
+    newton_iterations as newton_iterations,
+    scan_all_hidden as scan_all_hidden,
+    scan_last as scan_last,
+)
 from ._sequences import (
     masked_mean as masked_mean,
     masked_sum as masked_sum,
@@ -49,6 +54,7 @@ __version__ = _metadata.version("eqrnn")
 __all__ = [
     "AbstractCell",
     "AbstractLinearCell",
+    "AbstractNewtonCell",
     "AbstractStepCell",
     "Bidirectional",
     "CallableCell",
@@ -62,6 +68,7 @@ __all__ = [
     "MLSTMCell",
     "MinGRU",
     "MinLSTM",
+    "Newton",
     "RGLRU",
     "RNN",
     "SLSTMCell",
@@ -76,6 +83,7 @@ __all__ = [
     "load_checkpoint",
     "masked_mean",
     "masked_sum",
+    "newton_iterations",
     "pad_sequences",
     "save_checkpoint",
     "scan_all_hidden",

@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, PyTree
 
 from ._cell import AbstractCell
 from ._loop import Plan, step_loop
-from ._newton import as_newton, newton_loop
+from ._newton import NewtonParts, as_newton, newton_loop
 
 
 class CallableCell(AbstractCell):
@@ -77,14 +77,16 @@ class CallableCell(AbstractCell):
         self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
         if as_newton(plan.mode) is not None:
-            return newton_loop(
-                self, _call_fn, None, inputs, hidden, self.initial_hidden, plan
-            )
+            return newton_loop(self.newton_parts(inputs), hidden, plan)
 
         def call(x: Array, h: Any, k: Any) -> Any:
             return self.fn(x, h, key=k)
 
         return step_loop(call, inputs, hidden, self.initial_hidden, plan)
+
+    def newton_parts(self, inputs: Float[Array, "time input_size"]) -> NewtonParts:
+        """What `mode="newton"` needs: `fn` as the step, with the whole Jacobian."""
+        return NewtonParts(self, inputs, self.initial_hidden, _call_fn, None)
 
 
 def _call_fn(cell: CallableCell, x: Array, hidden: Any, key: Any) -> Any:

@@ -23,7 +23,7 @@ from ._misc import (
     optional_bias,
     resolve_dtype,
 )
-from ._newton import AbstractNewtonCell, as_newton, newton_loop
+from ._newton import AbstractNewtonCell, NewtonParts, as_newton, newton_loop
 
 
 class AbstractCell(eqx.Module):
@@ -247,15 +247,7 @@ class AbstractStepCell(AbstractCell):
         self, inputs: Float[Array, " time *input_shape"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
         if as_newton(plan.mode) is not None:
-            return newton_loop(
-                self,
-                _call_step,
-                _call_unit_jacobians if isinstance(self, AbstractNewtonCell) else None,
-                self.project_inputs(inputs),
-                hidden,
-                self.init_hidden(),
-                plan,
-            )
+            return newton_loop(self.newton_parts(inputs), hidden, plan)
         hoisted = plan.hoist
         xs = self.project_inputs(inputs) if hoisted else inputs
         fused = self.fused_step(hoisted)
@@ -267,6 +259,18 @@ class AbstractStepCell(AbstractCell):
             return self.step(x if hoisted else self.project_inputs(x), h)
 
         return step_loop(call, xs, hidden, self.init_hidden(), plan)
+
+    def newton_parts(self, inputs: Float[Array, " time *input_shape"]) -> NewtonParts:
+        """What `mode="newton"` needs of this cell over `inputs`: its step, its
+        per-unit Jacobians where it is an `eqrnn.AbstractNewtonCell`, the projected
+        inputs and its reset state."""
+        return NewtonParts(
+            self,
+            self.project_inputs(inputs),
+            self.init_hidden(),
+            _call_step,
+            _call_unit_jacobians if isinstance(self, AbstractNewtonCell) else None,
+        )
 
 
 def _call_step(cell: AbstractCell, projected: Array, hidden: Any, key: Any) -> Any:

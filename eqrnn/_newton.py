@@ -36,6 +36,10 @@ LINEARISATIONS = ("auto", "full", "blocks", "diagonal")
 # `linearisation="auto"` takes the full Jacobian up to this many state entries
 # (an associative scan over n x n matrices, O(time n^3) work), else blocks.
 AUTO_FULL_SIZE = 32
+# The default tolerance, in units of the dtype's epsilon, and how far above it a
+# residual that has stopped falling counts as converged (see `_iterate`).
+TOL_EPS = 2
+STALL = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +77,15 @@ class Newton:
         `eqx.error_if`, inside `jax.jit` a `JaxRuntimeError`): the result is never
         silently inexact.
     - `tol`: the tolerance on the residual $\\max_t |h_t - f(x_t, h_{t-1})|$,
-        relative to $\\max(1, \\max_t |h_t|)$; `None` is 64 times the dtype's
-        epsilon (7.6e-6 in float32, 1.4e-14 in float64).
+        relative to $\\max(1, \\max_t |h_t|)$; `None` is twice the dtype's
+        epsilon. A residual that stops falling within 64 times the tolerance has
+        reached rounding's floor and counts as converged too.
+    - `damping`: divide the linearisation by `1 + damping` (a trust region in
+        the spirit of ELK): `0` is Newton's method, large values approach
+        Picard's iteration (`A_t = 0`), which never amplifies a correction but
+        makes only one more step exact per iteration. For dynamics where the
+        corrections overflow. Any damping keeps the exactness after `time`
+        iterations.
 
     Newton pays when a step is cheap next to its launch overhead (an accelerator,
     long sequences, modest hidden sizes) and the dynamics forget quickly. On a CPU
@@ -88,6 +99,7 @@ class Newton:
     linearisation: str = "auto"
     max_iterations: int | None = None
     tol: float | None = None
+    damping: float = 0.0
 
     def __post_init__(self) -> None:
         if self.linearisation not in LINEARISATIONS:
@@ -102,6 +114,16 @@ class Newton:
             raise ValueError(
                 "Newton: `max_iterations` must be a positive int or None (the "
                 f"sequence length, always exact), got {cap!r}."
+            )
+        damping = self.damping
+        if (
+            isinstance(damping, bool)
+            or not isinstance(damping, (int, float))
+            or not damping >= 0
+        ):
+            raise ValueError(
+                "Newton: `damping` must be a float >= 0 (0: Newton's method), got "
+                f"{damping!r}."
             )
         tol = self.tol
         if tol is not None and (
@@ -317,7 +339,9 @@ class _System(eqx.Module):
     def steps(self, xs: Any, prevs: Array) -> Array:
         return jax.vmap(self.step)(xs, prevs)
 
-    def coefficients(self, xs: Any, prevs: Array, kind: str) -> _Coefficients:
+    def coefficients(
+        self, xs: Any, prevs: Array, kind: str, damping: float = 0.0
+    ) -> _Coefficients:
         arrays = len(self.shapes)
         if kind == "full":
             a = jax.vmap(jax.jacfwd(self.step, argnums=1))(xs, prevs)
@@ -346,6 +370,8 @@ class _System(eqx.Module):
                     else jnp.broadcast_to(jnp.eye(arrays, dtype=a.dtype), a.shape)
                 )
                 a = jnp.where(valid.reshape((-1,) + (1,) * (a.ndim - 1)), a, eye)
+        if damping:
+            a = a / (1 + damping)
         return _Coefficients(a, kind, arrays)
 
 
@@ -356,7 +382,7 @@ def flatten(tree: Any) -> Array:
 def _tolerance(newton: Newton, dtype: Any) -> float:
     if newton.tol is not None:
         return float(newton.tol)
-    return 64 * float(jnp.finfo(dtype).eps)
+    return TOL_EPS * float(jnp.finfo(dtype).eps)
 
 
 def _iterate(
@@ -367,23 +393,38 @@ def _iterate(
     cap: int,
     scale: Callable[[Array], Array],
 ) -> tuple[Array, Array, Array]:
-    """`x <- x + correct(x, residual(x))` until `max|residual| <= tol * scale(x)`
-    or `cap` iterations: `(x, iterations, converged)`."""
+    """`x <- x + correct(x, residual(x))` until converged or `cap` iterations:
+    `(x, iterations, converged)`.
 
-    def done(x: Array, r: Array) -> Array:
-        return _max_abs(r) <= tol * scale(x)
+    Converged: `max|residual| <= tol * scale(x)`, or, below `STALL * tol *
+    scale(x)`, a residual that no longer falls (rounding's floor: how low a
+    residual can go depends on the sizes and the dynamics, and a tolerance under
+    it would otherwise run to the cap)."""
 
-    def cond(carry: tuple[Array, Array, Array]) -> Array:
-        x, r, k = carry
-        return jnp.logical_and(k < cap, jnp.logical_not(done(x, r)))
+    def size(x: Array, r: Array) -> tuple[Array, Array]:
+        return _max_abs(r), tol * scale(x)
 
-    def body(carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-        x, r, k = carry
+    def done(x: Array, r: Array, before: Array) -> Array:
+        norm, bound = size(x, r)
+        stalled = jnp.logical_and(norm <= STALL * bound, norm >= before)
+        return jnp.logical_or(norm <= bound, stalled)
+
+    def cond(carry: tuple[Array, Array, Array, Array]) -> Array:
+        x, r, before, k = carry
+        return jnp.logical_and(k < cap, jnp.logical_not(done(x, r, before)))
+
+    def body(
+        carry: tuple[Array, Array, Array, Array],
+    ) -> tuple[Array, Array, Array, Array]:
+        x, r, _, k = carry
+        before = _max_abs(r)
         x = x + correct(x, r)
-        return x, residual(x), k + 1
+        return x, residual(x), before, k + 1
 
-    x, r, k = jax.lax.while_loop(cond, body, (x0, residual(x0), jnp.array(0)))
-    return x, k, done(x, r)
+    r0 = residual(x0)
+    inf = jnp.asarray(jnp.inf, r0.dtype)
+    x, r, before, k = jax.lax.while_loop(cond, body, (x0, r0, inf, jnp.array(0)))
+    return x, k, done(x, r, before)
 
 
 def newton_forward(
@@ -399,7 +440,7 @@ def newton_forward(
         return system.steps(xs, _shift(hs, h0)) - hs
 
     def correct(hs: Array, r: Array) -> Array:
-        return system.coefficients(xs, _shift(hs, h0), kind).solve(r)
+        return system.coefficients(xs, _shift(hs, h0), kind, newton.damping).solve(r)
 
     guess = jnp.broadcast_to(h0, (num_steps, h0.shape[0]))
     return _iterate(
@@ -435,11 +476,11 @@ def newton_solve(
         return v - jvp(_shift(v, zero))
 
     def solve(matvec: Callable[[Array], Array], rhs: Array) -> Array:
-        coefficients = f_system.coefficients(f_xs, prevs, kind)
+        coefficients = f_system.coefficients(f_xs, prevs, kind, newton.damping)
         return _linear_solve(matvec, rhs, coefficients, False, tol, cap)
 
     def transpose_solve(vecmat: Callable[[Array], Array], rhs: Array) -> Array:
-        coefficients = f_system.coefficients(f_xs, prevs, kind)
+        coefficients = f_system.coefficients(f_xs, prevs, kind, newton.damping)
         return _linear_solve(vecmat, rhs, coefficients, True, tol, cap)
 
     # Zero in value; its tangent is the step's derivative with respect to the
@@ -500,17 +541,23 @@ def _kind(newton: Newton, system: _System, size: int, where: str) -> str:
     return kind
 
 
-def newton_loop(
-    cell: Any,
-    call: Callable[..., Any],
-    unit_jacobians: Callable[..., Any] | None,
-    xs: Array,
-    hidden: Any,
-    reset_state: Any,
-    plan: Any,
-) -> tuple[Any, Any]:
-    """`(final, stacked)` of one sequence by Newton's method, as a cell family's
-    `run_sequence` returns them; `call(cell, x, hidden, key)` is one step."""
+class NewtonParts(eqx.Module):
+    """What Newton's method needs of a step-by-step cell: the cell, its step
+    `call(cell, x, hidden, key)`, its `unit_jacobians(cell, x, hidden)` or `None`,
+    the inputs as the step reads them and the reset state."""
+
+    cell: Any
+    xs: Array
+    reset_state: Any
+    call: Callable[..., Any] = eqx.field(static=True)
+    unit_jacobians: Callable[..., Any] | None = eqx.field(static=True)
+
+
+def _prepare(
+    parts: NewtonParts, hidden: Any, plan: Any
+) -> tuple[_System, Any, Array, str, Newton]:
+    """The system of one sequence in the order it runs (flipped for `reverse`),
+    its flattened starting state, the linearisation and the `Newton` options."""
     newton = as_newton(plan.mode)
     assert newton is not None
     leaves = jax.tree.leaves(hidden)
@@ -521,23 +568,30 @@ def newton_loop(
                 f"state, which must be floating point; got dtype {leaf.dtype}. Use "
                 "mode='sequential'."
             )
-    num_steps = xs.shape[0]
-    if num_steps == 0:
-        empty = jax.tree.map(lambda x: jnp.zeros((0, *x.shape), x.dtype), hidden)
-        return hidden, (empty if plan.stack else None)
-    seq = (xs, plan.keys, plan.valid, plan.resets)
+    seq = (parts.xs, plan.keys, plan.valid, plan.resets)
     if plan.reverse:
         seq = jax.tree.map(lambda a: jnp.flip(a, 0), seq)
+    call = parts.call
     system = _System(
-        cell,
-        flatten(reset_state),
+        parts.cell,
+        flatten(parts.reset_state),
         jax.checkpoint(call) if plan.chunk is not None else call,
-        unit_jacobians,
+        parts.unit_jacobians,
         jax.tree.structure(hidden),
         tuple(leaf.shape for leaf in leaves),
     )
     h0 = flatten(hidden)
     kind = _kind(newton, system, h0.shape[0], plan.where)
+    return system, seq, h0, kind, newton
+
+
+def newton_loop(parts: NewtonParts, hidden: Any, plan: Any) -> tuple[Any, Any]:
+    """`(final, stacked)` of one sequence by Newton's method, as a cell family's
+    `run_sequence` returns them."""
+    if parts.xs.shape[0] == 0:
+        empty = jax.tree.map(lambda x: jnp.zeros((0, *x.shape), x.dtype), hidden)
+        return hidden, (empty if plan.stack else None)
+    system, seq, h0, kind, newton = _prepare(parts, hidden, plan)
     hs = newton_solve(system, seq, h0, kind, newton)
     final = system.unflatten(hs[-1])
     if not plan.stack:
@@ -547,3 +601,11 @@ def newton_loop(
     if plan.reverse:
         hs = jnp.flip(hs, 0)
     return final, jax.vmap(system.unflatten)(hs)
+
+
+def newton_count(parts: NewtonParts, hidden: Any, plan: Any) -> Array:
+    """The iterations of the forward pass that `newton_loop` runs."""
+    if parts.xs.shape[0] == 0:
+        return jnp.array(0)
+    system, seq, h0, kind, newton = _prepare(parts, hidden, plan)
+    return newton_forward(system, seq, h0, kind, newton)[1]

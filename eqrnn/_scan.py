@@ -18,14 +18,14 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jaxtyping import Array, ArrayLike, Bool, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray
 
-from ._adapter import as_cell, modes_of
-from ._cell import AbstractCell
+from ._adapter import CallableCell, as_cell, modes_of
+from ._cell import AbstractCell, AbstractStepCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
 from ._loop import Plan
 from ._misc import check_bool, check_same_dtype, input_shape_of
-from ._newton import ScanMode, check_scan_mode, mode_name
+from ._newton import ScanMode, as_newton, check_scan_mode, mode_name, newton_count
 from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
 
 
@@ -214,6 +214,30 @@ def run_scan(
     sequence: the arguments checked once, padding zeroed once, then the cell's own
     `run_sequence` (in float32 for a half-precision cell). `stacked` is `None`
     unless `stack`. With `length_checked`, `length` was checked by the caller."""
+    inputs, hidden, plan = _plan(
+        cell, inputs, hidden, options, length, resets, key, stack, length_checked
+    )
+    if _is_half(cell.dtype):
+        final, hiddens = _half_precision_run(cell, inputs, hidden, plan)
+    else:
+        final, hiddens = cell.run_sequence(inputs, hidden, plan)
+    if options.check_finite:
+        _raise_at_first_nonfinite(hiddens, inputs, options.reverse, options.where)
+    return final, (hiddens if stack else None)
+
+
+def _plan(
+    cell: AbstractCell,
+    inputs: Any,
+    hidden: Any,
+    options: ScanOptions,
+    length: Any,
+    resets: Any,
+    key: PRNGKeyArray | None,
+    stack: bool,
+    length_checked: bool,
+) -> tuple[Array, Any, Plan]:
+    """The checked `inputs` (zero at padding), starting state and `Plan` of a call."""
     where = options.where
     options.check_cell(cell)
     inputs = check_sequence(inputs, where, input_shape_of(cell))
@@ -251,13 +275,7 @@ def run_scan(
         hoist=hoists_projection(),
         where=where,
     )
-    if _is_half(cell.dtype):
-        final, hiddens = _half_precision_run(cell, inputs, hidden, plan)
-    else:
-        final, hiddens = cell.run_sequence(inputs, hidden, plan)
-    if options.check_finite:
-        _raise_at_first_nonfinite(hiddens, inputs, options.reverse, where)
-    return final, (hiddens if stack else None)
+    return inputs, hidden, plan
 
 
 def _is_half(dtype: Any) -> bool:
@@ -404,8 +422,11 @@ def scan_last(
         Every mode gives the step-by-step results up to rounding, and each can be
         differentiated in forward and reverse mode. `MLSTMCell` takes every
         mode too (`"chunked"` and `"auto"` are its chunkwise form, see its
-        docstring). Other cells run one step at a time and accept only `"auto"` and
-        `"sequential"`.
+        docstring). The step-by-step cells (`GRUCell`, `LSTMCell`, ..., Equinox's,
+        your callables) take `"auto"` and `"sequential"` (one step after another)
+        and `"newton"` or `eqrnn.Newton(...)`: every step at once by Newton's
+        method, iterated until exact to rounding, gradients too; for long
+        sequences on an accelerator (see `eqrnn.Newton`).
     - `check_finite`: a debugging aid. Raise `FloatingPointError` (inside `jax.jit`,
         a `JaxRuntimeError` carrying its message) naming the first step whose hidden
         state is NaN or inf, and whether that step's input already was. Off by
@@ -496,8 +517,11 @@ def scan_all_hidden(
         Every mode gives the step-by-step results up to rounding, and each can be
         differentiated in forward and reverse mode. `MLSTMCell` takes every
         mode too (`"chunked"` and `"auto"` are its chunkwise form, see its
-        docstring). Other cells run one step at a time and accept only `"auto"` and
-        `"sequential"`.
+        docstring). The step-by-step cells (`GRUCell`, `LSTMCell`, ..., Equinox's,
+        your callables) take `"auto"` and `"sequential"` (one step after another)
+        and `"newton"` or `eqrnn.Newton(...)`: every step at once by Newton's
+        method, iterated until exact to rounding, gradients too; for long
+        sequences on an accelerator (see `eqrnn.Newton`).
     - `check_finite`: a debugging aid. Raise `FloatingPointError` (inside `jax.jit`,
         a `JaxRuntimeError` carrying its message) naming the first step whose hidden
         state is NaN or inf, and whether that step's input already was. Off by
@@ -526,3 +550,54 @@ def scan_all_hidden(
         stack=True,
     )
     return hiddens
+
+
+def newton_iterations(
+    cell: Callable[..., Any],
+    inputs: Inputs,
+    hidden: AnyHiddenLike | None = None,
+    *,
+    length: Length | None = None,
+    reverse: bool = False,
+    resets: Bool[ArrayLike, " time"] | None = None,
+    key: PRNGKeyArray | None = None,
+    mode: ScanMode = "newton",
+) -> Int[Array, ""]:
+    """How many iterations Newton's method takes over one sequence.
+
+    The forward pass of `scan_all_hidden(cell, inputs, hidden, mode=mode, ...)`
+    (and of `scan_last` and `RNN`) runs this many; each costs one parallel pass
+    over the sequence. The backward pass solves two linear systems to the same
+    tolerance, with as many iterations or fewer.
+
+    !!! example
+
+        ```python
+        cell = eqrnn.GRUCell(3, 8, key=jax.random.key(0))
+        x = jnp.ones((500, 3))
+        n = eqrnn.newton_iterations(cell, x, mode=eqrnn.Newton("diagonal"))
+        ```
+
+    **Arguments:**
+
+    - `cell`, `inputs`, `hidden`, `length`, `reverse`, `resets`, `key`: as in
+        `scan_all_hidden`.
+    - `mode`: `"newton"` or an `eqrnn.Newton(...)`.
+
+    **Returns:**
+
+    The number of iterations, an integer array of shape `()`: at most
+    `max_iterations` (default the sequence length).
+    """
+    where = "newton_iterations"
+    if as_newton(mode) is None:
+        raise ValueError(
+            f"{where}: `mode` must be 'newton' or an `eqrnn.Newton(...)`, got {mode!r}."
+        )
+    cell = as_cell(cell, hidden, where)
+    options = ScanOptions(where, reverse, 1, False, mode, False)
+    inputs, hidden, plan = _plan(
+        cell, inputs, hidden, options, length, resets, key, False, False
+    )
+    assert isinstance(cell, (AbstractStepCell, CallableCell))
+    return newton_count(cell.newton_parts(inputs), hidden, plan)
