@@ -603,8 +603,10 @@ def newton_loop(parts: NewtonParts, hidden: Any, plan: Any) -> tuple[Any, Any]:
     return final, jax.vmap(system.unflatten)(hs)
 
 
-def newton_count(parts: NewtonParts, hidden: Any, plan: Any) -> Array:
-    """The iterations of the forward pass that `newton_loop` runs."""
+def newton_count(cell: Any, inputs: Array, hidden: Any, plan: Any) -> Array:
+    """The iterations of the forward pass that `newton_loop` runs for `cell`, a
+    cell whose `modes` hold `"newton"` (so it has `newton_parts`)."""
+    parts = cell.newton_parts(inputs)
     if parts.xs.shape[0] == 0:
         return jnp.array(0)
     system, seq, h0, kind, newton = _prepare(parts, hidden, plan)

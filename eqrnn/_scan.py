@@ -20,8 +20,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray
 
-from ._adapter import CallableCell, as_cell, modes_of
-from ._cell import AbstractCell, AbstractStepCell
+from ._adapter import as_cell, modes_of
+from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
 from ._loop import Plan
 from ._misc import check_bool, check_same_dtype, input_shape_of
@@ -599,5 +599,4 @@ def newton_iterations(
     inputs, hidden, plan = _plan(
         cell, inputs, hidden, options, length, resets, key, False, False
     )
-    assert isinstance(cell, (AbstractStepCell, CallableCell))
-    return newton_count(cell.newton_parts(inputs), hidden, plan)
+    return newton_count(cell, inputs, hidden, plan)

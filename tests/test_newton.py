@@ -244,8 +244,18 @@ def test_a_linear_cell_is_pointed_to_its_parallel_modes(getkey, no_jaxtyping):
     with pytest.raises(ValueError, match=r"`mode='newton'`.* 'associative'"):
         _scan(cell, jnp.ones((5, 3)), mode="newton")
     with pytest.raises(ValueError, match=r"`mode` must be one of .*'newton'"):
-        _scan(cell, jnp.ones((5, 3)), mode="neuton")
+        _scan(cell, jnp.ones((5, 3)), mode="neuton")  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match=r"newton_iterations: `mode` must be 'newton'"):
         _iterations(
             eqrnn.GRUCell(3, 4, key=getkey()), jnp.ones((5, 3)), mode="sequential"
         )
+
+
+def test_nan_in_the_padding_reaches_neither_states_nor_gradients(getkey):
+    cell, xs, hidden, _, resets = _random_case(eqrnn.GRUCell, getkey(), 17, 4)
+    length = jnp.array(11)
+    poisoned = xs.at[11:].set(jnp.nan)
+    mode = eqrnn.Newton("diagonal")
+    got = _everything(cell, poisoned, hidden, length, resets, mode, False)
+    want = _everything(cell, xs, hidden, length, resets, "sequential", False)
+    assert_tree_allclose(got[:3], want[:3], rtol=1e-10, atol=1e-10)
