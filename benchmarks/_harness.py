@@ -69,7 +69,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, Protocol, cast, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import equinox as eqx
 import jax
@@ -1259,6 +1259,26 @@ LINEAR_CELLS = ("mingru", "minlstm", "lru", "rglru")
 # The cells that run in every `--scan-modes` (in parallel over time).
 MODE_CELLS = (*LINEAR_CELLS, "mlstm")
 SCAN_MODES = ("sequential", "associative", "chunked")
+# Newton's method for the step-by-step cells: `mode="newton"` and each
+# linearisation (`eqrnn.Newton("full" | "blocks" | "diagonal")`).
+NEWTON_MODES = ("newton", "newton-full", "newton-blocks", "newton-diagonal")
+
+
+def scan_mode(mode: str) -> Any:
+    """The `mode=` of the scan helpers for a command-line mode name."""
+    if mode.startswith("newton-"):
+        return eqrnn.Newton(mode.removeprefix("newton-"))
+    return mode
+
+
+def modes_for(cell: str, modes: Sequence[str]) -> tuple[str | None, ...]:
+    """The `--scan-modes` that `cell` runs in (`None`: its default, unlabelled):
+    the linear-scan modes for the cells that run in parallel over time, else the
+    default and the Newton modes."""
+    if cell in MODE_CELLS:
+        return tuple(m for m in modes if m not in NEWTON_MODES)
+    return (None, *(m for m in modes if m in NEWTON_MODES))
+
 
 PARALLEL_BASELINE = "gru"
 PARALLEL_CELLS = (PARALLEL_BASELINE, *LINEAR_CELLS)
@@ -1308,14 +1328,14 @@ def output_sum_loss(
     `cell.output(hidden)` over every step and example, where `cell =
     eqx.combine(params, static)` runs over each sequence with `scan_all_hidden(...,
     mode=mode, checkpoint=checkpoint)` under `jax.vmap`."""
-    scan_mode = cast(Mode, mode)
+    mode_arg = scan_mode(mode)
 
     def loss_fn(params: Any, inputs: Any) -> Any:
         cell = eqx.combine(params, static)
 
         def one_sequence(x: Any) -> Any:
             hiddens = eqrnn.scan_all_hidden(
-                cell, x, mode=scan_mode, checkpoint=checkpoint
+                cell, x, mode=mode_arg, checkpoint=checkpoint
             )
             return jax.vmap(cell.output)(hiddens)
 
@@ -1410,7 +1430,7 @@ def run_parallel_study(config: BenchConfig, out: TextOut) -> dict[str, Any]:
         impls: list[Implementation] = []
         keys: list[tuple[str, str | None]] = []
         for cell in cells:
-            for mode in (None,) if cell not in MODE_CELLS else modes:
+            for mode in modes_for(cell, modes):
                 impls.append(
                     build_cell_implementation(
                         cell, size, inputs, config.seed, mode=mode

@@ -30,6 +30,7 @@ from _harness import (
     LONG_HIDDEN,
     LONG_LENGTHS,
     LONG_REPS,
+    NEWTON_MODES,
     PARALLEL_BATCH,
     PARALLEL_CELLS,
     PARALLEL_HIDDEN,
@@ -194,11 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scan-modes",
         nargs="+",
-        choices=("auto", *SCAN_MODES),
+        choices=("auto", *SCAN_MODES, *NEWTON_MODES),
         default=None,
         help="studies only: how the parallel-in-time cells run over time "
         "(scan_all_hidden's mode=; default: all three for --parallel-study, auto "
-        "for --long-study)",
+        "for --long-study); the newton ones run the step-by-step cells by Newton's "
+        "method (newton-full/-blocks/-diagonal: eqrnn.Newton's linearisation), "
+        "next to their default",
     )
     parser.add_argument(
         "--batch-size",

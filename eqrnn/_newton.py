@@ -386,44 +386,43 @@ def _tolerance(newton: Newton, dtype: Any) -> float:
 
 
 def _iterate(
-    residual: Callable[[Array], Array],
-    correct: Callable[[Array, Array], Array],
+    evaluate: Callable[[Array], tuple[Array, Any]],
+    correct: Callable[[Array, Any], Array],
     x0: Array,
     tol: Array,
     cap: int,
     scale: Callable[[Array], Array],
 ) -> tuple[Array, Array, Array]:
-    """`x <- x + correct(x, residual(x))` until converged or `cap` iterations:
+    """`x <- x + correct(r, aux)` with `(r, aux) = evaluate(x)` (the residual and
+    whatever else the correction needs at `x`) until converged or `cap` iterations:
     `(x, iterations, converged)`.
 
-    Converged: `max|residual| <= tol * scale(x)`, or, below `STALL * tol *
-    scale(x)`, a residual that no longer falls (rounding's floor: how low a
-    residual can go depends on the sizes and the dynamics, and a tolerance under
-    it would otherwise run to the cap)."""
-
-    def size(x: Array, r: Array) -> tuple[Array, Array]:
-        return _max_abs(r), tol * scale(x)
+    Converged: `max|r| <= tol * scale(x)`, or, below `STALL * tol * scale(x)`, a
+    residual that no longer falls (rounding's floor: how low a residual can go
+    depends on the sizes and the dynamics, and a tolerance under it would
+    otherwise run to the cap)."""
 
     def done(x: Array, r: Array, before: Array) -> Array:
-        norm, bound = size(x, r)
+        norm, bound = _max_abs(r), tol * scale(x)
         stalled = jnp.logical_and(norm <= STALL * bound, norm >= before)
         return jnp.logical_or(norm <= bound, stalled)
 
-    def cond(carry: tuple[Array, Array, Array, Array]) -> Array:
-        x, r, before, k = carry
+    def cond(carry: tuple[Array, Array, Any, Array, Array]) -> Array:
+        x, r, _, before, k = carry
         return jnp.logical_and(k < cap, jnp.logical_not(done(x, r, before)))
 
     def body(
-        carry: tuple[Array, Array, Array, Array],
-    ) -> tuple[Array, Array, Array, Array]:
-        x, r, _, k = carry
-        before = _max_abs(r)
-        x = x + correct(x, r)
-        return x, residual(x), before, k + 1
+        carry: tuple[Array, Array, Any, Array, Array],
+    ) -> tuple[Array, Array, Any, Array, Array]:
+        x, r, aux, _, k = carry
+        x = x + correct(r, aux)
+        return (x, *evaluate(x), _max_abs(r), k + 1)
 
-    r0 = residual(x0)
+    r0, aux0 = evaluate(x0)
     inf = jnp.asarray(jnp.inf, r0.dtype)
-    x, r, before, k = jax.lax.while_loop(cond, body, (x0, r0, inf, jnp.array(0)))
+    x, r, _, before, k = jax.lax.while_loop(
+        cond, body, (x0, r0, aux0, inf, jnp.array(0))
+    )
     return x, k, done(x, r, before)
 
 
@@ -436,15 +435,18 @@ def newton_forward(
     tol = jnp.asarray(_tolerance(newton, h0.dtype), h0.dtype)
     cap = num_steps if newton.max_iterations is None else newton.max_iterations
 
-    def residual(hs: Array) -> Array:
-        return system.steps(xs, _shift(hs, h0)) - hs
+    def evaluate(hs: Array) -> tuple[Array, _Coefficients]:
+        # The steps and their linearisation at the same states, in one pass.
+        prevs = _shift(hs, h0)
+        residual = system.steps(xs, prevs) - hs
+        return residual, system.coefficients(xs, prevs, kind, newton.damping)
 
-    def correct(hs: Array, r: Array) -> Array:
-        return system.coefficients(xs, _shift(hs, h0), kind, newton.damping).solve(r)
+    def correct(r: Array, coefficients: _Coefficients) -> Array:
+        return coefficients.solve(r)
 
     guess = jnp.broadcast_to(h0, (num_steps, h0.shape[0]))
     return _iterate(
-        residual, correct, guess, tol, cap, lambda hs: jnp.maximum(1, _max_abs(hs))
+        evaluate, correct, guess, tol, cap, lambda hs: jnp.maximum(1, _max_abs(hs))
     )
 
 
@@ -502,8 +504,8 @@ def _linear_solve(
     """`op(v) = rhs` for `op = I - J S` (or its transpose), preconditioned by the
     chosen linearisation: exact in one iteration with the full Jacobian."""
     v, _, _ = _iterate(
-        lambda v: rhs - op(v),
-        lambda v, r: coefficients.solve(r, transpose),
+        lambda v: (rhs - op(v), None),
+        lambda r, _: coefficients.solve(r, transpose),
         jnp.zeros_like(rhs),
         tol,
         cap,
