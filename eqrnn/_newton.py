@@ -503,13 +503,17 @@ def _linear_solve(
 ) -> Array:
     """`op(v) = rhs` for `op = I - J S` (or its transpose), preconditioned by the
     chosen linearisation: exact in one iteration with the full Jacobian."""
+    # A constant right-hand side (the cotangent of a plain sum) would otherwise be
+    # constant-folded through the loop's test by XLA, for seconds of compilation.
+    rhs = jax.lax.optimization_barrier(rhs)
+    rhs_size = _max_abs(rhs)
     v, _, _ = _iterate(
         lambda v: (rhs - op(v), None),
         lambda r, _: coefficients.solve(r, transpose),
         jnp.zeros_like(rhs),
         tol,
         cap,
-        lambda v: jnp.maximum(_max_abs(rhs), _max_abs(v)),
+        lambda v: jnp.maximum(rhs_size, _max_abs(v)),
     )
     return v
 
