@@ -1,6 +1,7 @@
 """The interface every eqrnn cell implements, and the step-by-step family."""
 
 import abc
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,7 +24,13 @@ from ._misc import (
     optional_bias,
     resolve_dtype,
 )
-from ._newton import AbstractNewtonCell, NewtonParts, as_newton, newton_loop
+from ._newton import (
+    AbstractNewtonCell,
+    NewtonParts,
+    as_newton,
+    newton_loop,
+    pointwise_jacobians,
+)
 
 
 class AbstractCell(eqx.Module):
@@ -270,6 +277,31 @@ class AbstractStepCell(AbstractCell):
             self.init_hidden(),
             _call_step,
             _call_unit_jacobians if isinstance(self, AbstractNewtonCell) else None,
+        )
+
+
+class AbstractPointwiseCell(AbstractNewtonCell):
+    """A cell whose step is `_pointwise(projected, weight_hh @ h, hidden)`, `h` the
+    first array of `hidden`, where unit `j` of the new state reads only unit `j` of
+    the recurrent pre-activations and of `hidden` (the gated cells: each gate of
+    unit `j` reads row `j` of its block of `weight_hh`). Its per-unit Jacobians
+    follow from that structure (`eqrnn._newton.pointwise_jacobians`)."""
+
+    weight_hh: eqx.AbstractVar[Array]
+
+    @abc.abstractmethod
+    def _pointwise(self, projected: Array, recurrent: Array, hidden: Any) -> Any:
+        """The step after the recurrent matmul `recurrent = weight_hh @ h`."""
+
+    def unit_jacobians(
+        self, projected: Float[Array, " projected"], hidden: Any
+    ) -> Float[Array, "units arrays arrays"]:
+        h = hidden[0] if isinstance(hidden, tuple) else hidden
+        return pointwise_jacobians(
+            functools.partial(self._pointwise, projected),
+            self.weight_hh @ h,
+            self.weight_hh,
+            hidden,
         )
 
 

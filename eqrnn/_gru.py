@@ -1,4 +1,3 @@
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
     AbstractArrayStateCell,
+    AbstractPointwiseCell,
     AbstractStackedGatesCell,
     default_bias_init,
     default_kernel_init,
@@ -21,10 +21,9 @@ from ._cell import (
 from ._custom_types import HiddenArray
 from ._fused import gru_pointwise, identity, laid_out
 from ._misc import optional_bias
-from ._newton import AbstractNewtonCell, pointwise_jacobians
 
 
-class GRUCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractNewtonCell):
+class GRUCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractPointwiseCell):
     r"""A gated recurrent unit, reset-after form (as PyTorch, cuDNN and Equinox).
 
     $$\begin{aligned}
@@ -145,22 +144,16 @@ class GRUCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractNewtonCe
     ) -> HiddenArray:
         return self._pointwise(projected, self.weight_hh @ hidden, hidden)
 
-    def unit_jacobians(
-        self, projected: Float[Array, " three_hidden"], hidden: HiddenArray
-    ) -> Float[Array, "hidden_size 1 1"]:
-        return pointwise_jacobians(
-            functools.partial(self._pointwise, projected),
-            self.weight_hh @ hidden,
-            self.weight_hh,
-            hidden,
-        )
-
     def _pointwise(
-        self, projected: Array, z: Array, hidden: HiddenArray
+        self, projected: Array, recurrent: Array, hidden: HiddenArray
     ) -> HiddenArray:
         hs = self.hidden_size
-        z_n = z[2 * hs :] if self.bias_hn is None else z[2 * hs :] + self.bias_hn
-        r = self.gate_fn(projected[:hs] + z[:hs])
-        u = self.gate_fn(projected[hs : 2 * hs] + z[hs : 2 * hs])
+        z_n = (
+            recurrent[2 * hs :]
+            if self.bias_hn is None
+            else recurrent[2 * hs :] + self.bias_hn
+        )
+        r = self.gate_fn(projected[:hs] + recurrent[:hs])
+        u = self.gate_fn(projected[hs : 2 * hs] + recurrent[hs : 2 * hs])
         n = self.activation_fn(projected[2 * hs :] + r * z_n)
         return n + u * (hidden - n)

@@ -1,4 +1,3 @@
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +8,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
+    AbstractPointwiseCell,
     AbstractStackedGatesCell,
     AbstractTupleStateCell,
     default_bias_init,
@@ -21,10 +21,9 @@ from ._cell import (
 from ._custom_types import LSTMHidden
 from ._fused import laid_out, lstm_pointwise
 from ._misc import check_forget_bias, check_size, gate_kernels, with_forget_bias
-from ._newton import AbstractNewtonCell, pointwise_jacobians
 
 
-class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell, AbstractNewtonCell):
+class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell, AbstractPointwiseCell):
     r"""A long short-term memory cell, with one fused matmul per step.
 
     $$\begin{aligned}
@@ -162,21 +161,6 @@ class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell, AbstractNewtonC
     ) -> LSTMHidden:
         h, c = self._pointwise(projected, self.weight_hh @ hidden[0], hidden)
         return (h if self.weight_hr is None else self.weight_hr @ h), c
-
-    def unit_jacobians(
-        self, projected: Float[Array, " four_hidden"], hidden: LSTMHidden
-    ) -> Float[Array, "hidden_size 2 2"]:
-        if self.weight_hr is not None:
-            raise ValueError(
-                "LSTMCell: with `proj_size`, `h` and `c` differ in size and the step "
-                "has no per-unit Jacobian: use `mode=eqrnn.Newton('full')`."
-            )
-        return pointwise_jacobians(
-            functools.partial(self._pointwise, projected),
-            self.weight_hh @ hidden[0],
-            self.weight_hh,
-            hidden,
-        )
 
     def _pointwise(
         self, projected: Array, recurrent: Array, hidden: tuple[Array, Array]

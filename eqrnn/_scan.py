@@ -410,7 +410,8 @@ def scan_last(
     - `checkpoint`: recompute the forward pass during the backward pass, keeping
         only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
         `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.
-        For a linear cell each chunk's coefficients and scan are recomputed.
+        For a linear cell each chunk's coefficients and scan are recomputed;
+        `mode="newton"` holds every state and ignores it.
     - `key`: a `jax.random` key, split into one key per step and passed to the cell
         as `key=`. For stochastic cells; the built-in cells ignore it.
     - `mode`: how a cell whose recurrence is linear in its state (`MinGRU`,
@@ -505,7 +506,8 @@ def scan_all_hidden(
     - `checkpoint`: recompute the forward pass during the backward pass, keeping
         only the state at chunk boundaries, so that memory grows as `sqrt(time)`.
         `True` picks chunks of about `sqrt(time)` steps; an int sets the chunk length.
-        For a linear cell each chunk's coefficients and scan are recomputed.
+        For a linear cell each chunk's coefficients and scan are recomputed;
+        `mode="newton"` holds every state and ignores it.
     - `key`: a `jax.random` key, split into one key per step and passed to the cell
         as `key=`. For stochastic cells; the built-in cells ignore it.
     - `mode`: how a cell whose recurrence is linear in its state (`MinGRU`,

@@ -1,4 +1,3 @@
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +8,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
     AbstractArrayStateCell,
+    AbstractPointwiseCell,
     AbstractStackedGatesCell,
     default_bias_init,
     default_kernel_init,
@@ -20,10 +20,11 @@ from ._cell import (
 from ._custom_types import HiddenArray
 from ._fused import identity, laid_out
 from ._misc import check_bool
-from ._newton import AbstractNewtonCell, pointwise_jacobians
 
 
-class SimpleCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractNewtonCell):
+class SimpleCell(
+    AbstractStackedGatesCell, AbstractArrayStateCell, AbstractPointwiseCell
+):
     r"""An Elman cell: $h' = \phi(W_{ih} x + W_{hh} h + b)$.
 
     With `residual=True`, $h' = \phi(W_{ih} x + W_{hh} h + b + h)$, as Flax's
@@ -127,16 +128,6 @@ class SimpleCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractNewto
         self, projected: Float[Array, " hidden_size"], hidden: HiddenArray
     ) -> HiddenArray:
         return self._pointwise(projected, self.weight_hh @ hidden, hidden)
-
-    def unit_jacobians(
-        self, projected: Float[Array, " hidden_size"], hidden: HiddenArray
-    ) -> Float[Array, "hidden_size 1 1"]:
-        return pointwise_jacobians(
-            functools.partial(self._pointwise, projected),
-            self.weight_hh @ hidden,
-            self.weight_hh,
-            hidden,
-        )
 
     def _pointwise(
         self, projected: Array, recurrent: Array, hidden: HiddenArray

@@ -181,7 +181,7 @@ def test_parallel_study_reports_every_cell_and_mode_against_gru(tmp_path, capsys
     path = tmp_path / "parallel.json"
     argv = ["--parallel-study", "--lengths", "8", "16", "--reps", "1"]
     argv += ["--cells", "gru", "mingru", "--scan-modes", "associative"]
-    argv += ["--batch-size", "2", "--hidden-size", "4"]
+    argv += ["newton-diagonal", "--batch-size", "2", "--hidden-size", "4"]
     assert main([*argv, "--json", str(path)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(path.read_text())
@@ -190,7 +190,13 @@ def test_parallel_study_reports_every_cell_and_mode_against_gru(tmp_path, capsys
     assert study["lengths"] == [8, 16]
     assert (study["batch"], study["input_size"], study["hidden_size"]) == (2, 4, 4)
     results = study["results"]
-    expected = [("GRUCell", None), ("MinGRU", "associative")]
+    # The step-by-step GRU by default and by Newton's method; MinGRU in the
+    # linear-scan mode.
+    expected = [
+        ("GRUCell", None),
+        ("GRUCell", "newton-diagonal"),
+        ("MinGRU", "associative"),
+    ]
     assert [(r["cell"], r["mode"], r["T"]) for r in results] == [
         (cell, mode, t) for t in (8, 16) for cell, mode in expected
     ]
@@ -219,6 +225,7 @@ def test_parallel_study_reports_every_cell_and_mode_against_gru(tmp_path, capsys
         assert f"== T={t} (B=2 I=4 H=4)" in printed
     assert set(study["mingru_fwd_bwd_speedup"]) == {"8", "16"}
     assert "\nMinGRU   associative " in printed
+    assert "\nGRUCell  newton-diagonal " in printed
     assert "MinGRU fwd+bwd speedup over GRUCell" in printed
 
 

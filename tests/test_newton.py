@@ -259,3 +259,17 @@ def test_nan_in_the_padding_reaches_neither_states_nor_gradients(getkey):
     got = _everything(cell, poisoned, hidden, length, resets, mode, False)
     want = _everything(cell, xs, hidden, length, resets, "sequential", False)
     assert_tree_allclose(got[:3], want[:3], rtol=1e-10, atol=1e-10)
+
+
+def test_a_stochastic_function_sees_the_same_keys(getkey):
+    # A user's callable with a key: each step gets the key the sequential scan gives
+    # it, so the noise, and the result, are the same.
+    w, u = jr.normal(getkey(), (4, 3)), 0.5 * jr.normal(getkey(), (4, 4))
+
+    def noisy(x, h, *, key=None):
+        assert key is not None
+        return jnp.tanh(w @ x + u @ h + 0.1 * jr.normal(key, h.shape))
+
+    xs, key, h0 = jr.normal(getkey(), (12, 3)), getkey(), jnp.zeros(4)
+    want = eqrnn.scan_all_hidden(noisy, xs, h0, key=key)
+    assert_tree_allclose(eqrnn.scan_all_hidden(noisy, xs, h0, key=key, mode="newton"), want)
