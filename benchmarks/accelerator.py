@@ -8,7 +8,8 @@ inputs (converted with `eqrnn.interop`), and their losses are cross-checked.
 
 - eqrnn: `jax.vmap(eqrnn.RNN(cell, unroll=...))`, with the defaults (`"auto"`),
   each `--unroll` given, (`--generic`) with the cell's generic step in place of its
-  fused one, and (`--cpu-path`) under `eqrnn.tuned_for("cpu")`;
+  fused one, (`--cpu-path`) under `eqrnn.tuned_for("cpu")`, and (`--newton`) by
+  Newton's method with each linearisation given (`mode=eqrnn.Newton(...)`);
 - PyTorch: `torch.nn.LSTM`/`GRU` on CUDA (cuDNN) when there is a GPU, synchronised
   after each call, else on the CPU;
 - Flax NNX: `nnx.RNN` of `nnx.LSTMCell`/`GRUCell`, split into a pure function;
@@ -54,6 +55,8 @@ SIZES = {
     "mid": (512, 128, 256, 512),
     "long": (2048, 16, 64, 128),
 }
+# Issue #20's longest case, for `--newton` (not in the default sizes).
+EXTRA = {"verylong": (16384, 8, 32, 64)}
 TINY = {"tiny": (12, 3, 4, 5)}
 
 
@@ -195,6 +198,9 @@ def bench_size(
     if args.cpu_path:
         with eqrnn.tuned_for("cpu"):
             cases["eqrnn cpu path"] = eqrnn_case(eqrnn.RNN(cell), xs)
+    for linearisation in args.newton:
+        rnn = eqrnn.RNN(cell, mode=eqrnn.Newton(linearisation))
+        cases[f"eqrnn newton-{linearisation}"] = eqrnn_case(rnn, xs)
     for peer in args.peers:
         if peer == "torch":
             cases["torch"] = torch_case(eqrnn.RNN(cell), xs)
@@ -273,7 +279,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cells", type=_names(("lstm", "gru")), default="lstm,gru")
     parser.add_argument(
-        "--sizes", type=_names((*SIZES, *TINY)), default=",".join(SIZES)
+        "--sizes", type=_names((*SIZES, *EXTRA, *TINY)), default=",".join(SIZES)
+    )
+    parser.add_argument(
+        "--newton",
+        type=_names(("full", "blocks", "diagonal")),
+        default=[],
+        help="e.g. full,blocks,diagonal",
     )
     parser.add_argument("--unroll", type=_ints, default=[], help="e.g. 1,4,16,32")
     parser.add_argument("--generic", action="store_true")
@@ -296,7 +308,7 @@ def main() -> None:
     rows = []
     for kind in args.cells:
         for name in args.sizes:
-            size = {**SIZES, **TINY}[name]
+            size = {**SIZES, **EXTRA, **TINY}[name]
             print(f"\n{kind.upper()} T={size[0]} B={size[1]} I={size[2]} H={size[3]}")
             for row in bench_size(kind, size, args):
                 rows.append(row)

@@ -74,11 +74,13 @@ def test_accelerator_runs_every_row_and_cross_checks_the_losses(tmp_path):
     path = tmp_path / "accelerator.json"
     argv = [sys.executable, str(BENCHMARKS / "accelerator.py"), "--sizes", "tiny"]
     argv += ["--unroll", "2", "--generic", "--cpu-path", "--reps", "1", "--drift"]
+    argv += ["--newton", "diagonal"]
     argv += ["--drift-steps", "3,6", "--json", str(path)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     record = json.loads(path.read_text())
     impls = ["eqrnn", "eqrnn unroll=2", "eqrnn generic step", "eqrnn cpu path"]
+    impls += ["eqrnn newton-diagonal"]
     impls += ["torch", "flax", "equinox"]
     assert [(r["cell"], r["impl"]) for r in record["rows"]] == [
         (cell, impl) for cell in ("lstm", "gru") for impl in impls

@@ -17,10 +17,10 @@ gradient for its inputs.
 
 How many examples run is set by the Hypothesis profile, registered in `conftest.py`:
 
-- `ci`, the default (what a plain `python -m pytest` runs): the 4 examples below and
-  15 generated ones, derandomised so every run draws the same ones (they change when
+- `ci`, the default (what a plain `python -m pytest` runs): the 5 examples below and
+  8 generated ones, derandomised so every run draws the same ones (they change when
   this file does); about 30 s of CPU, nearly all of it JAX compiling.
-- `nightly`: the 4 examples and 400 fresh random ones a run (about 6 minutes of CPU,
+- `nightly`: the 5 examples and 400 fresh random ones a run (about 6 minutes of CPU,
   9 on a busy two-core machine). Run only the differential tests with it::
 
       python -m pytest -m differential --hypothesis-profile=nightly \\
@@ -52,8 +52,18 @@ pytestmark = [pytest.mark.differential, pytest.mark.usefixtures("each_platform")
 
 KINDS = ("rnn_tanh", "rnn_relu", "gru", "lstm", "lstm_proj")
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
-# `(unroll, checkpoint)` of every `RNN` in the stack; the first is from_torch's own.
-SCAN_OPTIONS = (("auto", False), (1, False), (2, False), (1, True), (True, 3))
+# `(unroll, checkpoint, mode)` of every `RNN` in the stack; the first is
+# from_torch's own. Newton's method runs with each linearisation.
+SCAN_OPTIONS = (
+    ("auto", False, "auto"),
+    (1, False, "auto"),
+    (2, False, "auto"),
+    (1, True, "auto"),
+    (True, 3, "auto"),
+    ("auto", False, "newton"),
+    ("auto", False, eqrnn.Newton("diagonal")),
+    ("auto", 3, eqrnn.Newton("blocks")),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +87,7 @@ class Draw:
     nan_padding: bool
     empty_sequence: bool  # eqrnn also runs a sequence of length 0
     grads: bool
-    scan_options: tuple[int | bool | str, bool | int]
+    scan_options: tuple[int | bool | str, bool | int, Any]
     scale: float  # weights ~ N(0, scale^2)
     seed: int
 
@@ -158,7 +168,11 @@ _RICH = Draw(
 EXAMPLES = (
     _RICH,
     dataclasses.replace(
-        _RICH, kind="lstm_proj", proj_size=2, dtype="float32", scan_options=(1, True)
+        _RICH,
+        kind="lstm_proj",
+        proj_size=2,
+        dtype="float32",
+        scan_options=(1, True, "auto"),
     ),
     dataclasses.replace(
         _RICH,
@@ -168,11 +182,13 @@ EXAMPLES = (
         dropout=0.0,
         training=True,
         batch_first=False,
-        scan_options=(True, 3),
+        scan_options=(True, 3, "auto"),
     ),
     dataclasses.replace(
-        _RICH, kind="rnn_relu", bias=False, scale=1.0, scan_options=(2, False)
+        _RICH, kind="rnn_relu", bias=False, scale=1.0, scan_options=(2, False, "auto")
     ),
+    # Newton's method (per-unit blocks: LSTM's 2x2) on the rich draw, float64.
+    dataclasses.replace(_RICH, scan_options=SCAN_OPTIONS[-1]),
 )
 
 
@@ -284,8 +300,11 @@ def _torch_layout(d: Draw, layers: tuple[Any, ...]) -> tuple[np.ndarray, ...]:
     return (np.stack([np.asarray(s) for s in states]),)
 
 
-def _with_scan_options(stack: eqrnn.StackedRNN, unroll: Any, checkpoint: Any) -> Any:
-    """`stack` with `unroll` and `checkpoint` set in every `RNN` (static fields)."""
+def _with_scan_options(
+    stack: eqrnn.StackedRNN, unroll: Any, checkpoint: Any, mode: Any
+) -> Any:
+    """`stack` with `unroll`, `checkpoint` and `mode` set in every `RNN` (static
+    fields)."""
 
     def rnn(r: eqrnn.RNN) -> eqrnn.RNN:
         return eqrnn.RNN(
@@ -294,6 +313,7 @@ def _with_scan_options(stack: eqrnn.StackedRNN, unroll: Any, checkpoint: Any) ->
             keep_order=r.keep_order,
             unroll=unroll,
             checkpoint=checkpoint,
+            mode=mode,
         )
 
     layers = [
@@ -406,6 +426,7 @@ def _assert_zero(what: str, actual: Any) -> None:
 @example(d=EXAMPLES[1])
 @example(d=EXAMPLES[2])
 @example(d=EXAMPLES[3])
+@example(d=EXAMPLES[4])
 def test_from_torch_stack_equals_torch_on_packed_batch(d: Draw) -> None:
     rng = np.random.default_rng(d.seed)
     module = _torch_module(d, rng)
@@ -444,7 +465,11 @@ def test_from_torch_stack_equals_torch_on_packed_batch(d: Draw) -> None:
     dtypes = {a.dtype for a in jax.tree.leaves(eqx.filter(stack, eqx.is_array))}
     assert dtypes == {jnp.dtype(d.dtype)}
     if d.scan_options != SCAN_OPTIONS[0]:
-        stack = _with_scan_options(stack, *d.scan_options)
+        unroll, checkpoint, mode = d.scan_options
+        if d.kind == "lstm_proj" and isinstance(mode, eqrnn.Newton):
+            # `h` and `c` differ in size: only the full Jacobian (tested to say so).
+            mode = "newton"
+        stack = _with_scan_options(stack, unroll, checkpoint, mode)
 
     eq_start = _per_layer(d, start) if d.initial_state else None
     args = (stack, jnp.asarray(xs), jnp.asarray(lengths), eq_start)
