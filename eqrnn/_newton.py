@@ -396,13 +396,14 @@ def _iterate(
     evaluate: Callable[[Array], tuple[Array, Any]],
     correct: Callable[[Array, Any], Array],
     x0: Array,
+    first: tuple[Array, Any],
     tol: Array,
     cap: int,
     scale: Callable[[Array], Array],
-) -> tuple[Array, Array, Array]:
+) -> tuple[Array, Any, Array, Array]:
     """`x <- x + correct(r, aux)` with `(r, aux) = evaluate(x)` (the residual and
-    whatever else the correction needs at `x`) until converged or `cap` iterations:
-    `(x, iterations, converged)`.
+    whatever else the correction needs at `x`; `first` is `evaluate(x0)`) until
+    converged or `cap` iterations: `(x, aux at x, iterations, converged)`.
 
     Converged: `max|r| <= tol * scale(x)`, or, below `STALL * tol * scale(x)`, a
     residual that no longer falls (rounding's floor: how low a residual can go
@@ -425,22 +426,29 @@ def _iterate(
         x = x + correct(r, aux)
         return (x, *evaluate(x), _max_abs(r), k + 1)
 
-    r0, aux0 = evaluate(x0)
+    r0, aux0 = first
     inf = jnp.asarray(jnp.inf, r0.dtype)
-    x, r, _, before, k = jax.lax.while_loop(
+    x, r, aux, before, k = jax.lax.while_loop(
         cond, body, (x0, r0, aux0, inf, jnp.array(0))
     )
-    return x, k, done(x, r, before)
+    return x, aux, k, done(x, r, before)
+
+
+def _limits(newton: Newton, dtype: Any, num_steps: int) -> tuple[Array, int]:
+    """The tolerance and the cap on the iterations of every solve."""
+    tol = jnp.asarray(_tolerance(newton, dtype), dtype)
+    cap = num_steps if newton.max_iterations is None else newton.max_iterations
+    return tol, cap
 
 
 def newton_forward(
     system: _System, xs: Any, h0: Array, kind: str, newton: Newton
-) -> tuple[Array, Array, Array]:
-    """`(hs, iterations, converged)`: every step's state, flattened, by Newton's
-    method; nothing here is differentiated."""
+) -> tuple[Array, _Coefficients, Array, Array]:
+    """`(hs, coefficients, iterations, converged)`: every step's state, flattened,
+    by Newton's method, and the linearisation at it; nothing here is
+    differentiated."""
     num_steps = jax.tree.leaves(xs)[0].shape[0]
-    tol = jnp.asarray(_tolerance(newton, h0.dtype), h0.dtype)
-    cap = num_steps if newton.max_iterations is None else newton.max_iterations
+    tol, cap = _limits(newton, h0.dtype, num_steps)
 
     def evaluate(hs: Array) -> tuple[Array, _Coefficients]:
         # The steps and their linearisation at the same states, in one pass.
@@ -453,7 +461,13 @@ def newton_forward(
 
     guess = jnp.broadcast_to(h0, (num_steps, h0.shape[0]))
     return _iterate(
-        evaluate, correct, guess, tol, cap, lambda hs: jnp.maximum(1, _max_abs(hs))
+        evaluate,
+        correct,
+        guess,
+        evaluate(guess),
+        tol,
+        cap,
+        lambda hs: jnp.maximum(1, _max_abs(hs)),
     )
 
 
@@ -464,7 +478,7 @@ def newton_solve(
     reset state (in `system`), `xs` and `h0`, in forward and reverse mode."""
     num_steps = jax.tree.leaves(xs)[0].shape[0]
     f_system, f_xs, f_h0 = _stop_gradient((system, xs, h0))
-    hs, _, converged = newton_forward(f_system, f_xs, f_h0, kind, newton)
+    hs, coefficients, _, converged = newton_forward(f_system, f_xs, f_h0, kind, newton)
     if newton.max_iterations is not None and newton.max_iterations < num_steps:
         hs = eqx.error_if(
             hs,
@@ -478,18 +492,17 @@ def newton_solve(
     # The step's Jacobian at the solution, as a linear map over all steps.
     _, jvp = jax.linearize(lambda p: f_system.steps(f_xs, p), prevs)
     zero = jnp.zeros_like(h0)
-    tol = jnp.asarray(_tolerance(newton, h0.dtype), h0.dtype)
-    cap = num_steps if newton.max_iterations is None else newton.max_iterations
+    tol, cap = _limits(newton, h0.dtype, num_steps)
 
     def matvec(v: Array) -> Array:
         return v - jvp(_shift(v, zero))
 
+    # Both solves are preconditioned by the linearisation the forward loop ended
+    # with: it was made at `prevs`, the states the solution's steps start from.
     def solve(matvec: Callable[[Array], Array], rhs: Array) -> Array:
-        coefficients = f_system.coefficients(f_xs, prevs, kind, newton.damping)
         return _linear_solve(matvec, rhs, coefficients, False, tol, cap)
 
     def transpose_solve(vecmat: Callable[[Array], Array], rhs: Array) -> Array:
-        coefficients = f_system.coefficients(f_xs, prevs, kind, newton.damping)
         return _linear_solve(vecmat, rhs, coefficients, True, tol, cap)
 
     # Zero in value; its tangent is the step's derivative with respect to the
@@ -514,10 +527,14 @@ def _linear_solve(
     # constant-folded through the loop's test by XLA, for seconds of compilation.
     rhs = jax.lax.optimization_barrier(rhs)
     rhs_size = _max_abs(rhs)
-    v, _, _ = _iterate(
+    # From zero, whose residual is `rhs` itself (`op` is linear): no `op` to
+    # evaluate first, and the zero right-hand side of the forward pass's own
+    # solve costs nothing.
+    v, _, _, _ = _iterate(
         lambda v: (rhs - op(v), None),
         lambda r, _: coefficients.solve(r, transpose),
         jnp.zeros_like(rhs),
+        (rhs, None),
         tol,
         cap,
         lambda v: jnp.maximum(rhs_size, _max_abs(v)),
@@ -534,8 +551,7 @@ def _stop_gradient(tree: Any) -> Any:
 def _kind(newton: Newton, system: _System, size: int, where: str) -> str:
     """The linearisation that runs: `newton.linearisation` resolved and checked."""
     kind = newton.linearisation
-    units = {shape for shape in system.shapes}
-    cheap = system.unit_jacobians is not None and len(units) == 1
+    cheap = system.unit_jacobians is not None and len(set(system.shapes)) == 1
     if kind == "auto":
         return "full" if size <= AUTO_FULL_SIZE or not cheap else "blocks"
     if kind != "full" and not cheap:
@@ -625,4 +641,4 @@ def newton_count(cell: Any, inputs: Array, hidden: Any, plan: Any) -> Array:
     if parts.xs.shape[0] == 0:
         return jnp.array(0)
     system, seq, h0, kind, newton = _prepare(parts, hidden, plan)
-    return newton_forward(system, seq, h0, kind, newton)[1]
+    return newton_forward(system, seq, h0, kind, newton)[2]
