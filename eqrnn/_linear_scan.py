@@ -225,17 +225,21 @@ def _chunked(
 def _run(
     a: Any,
     b: Any,
-    h0: Any,
+    h0: Any | None,
     mode: str,
     reverse: bool,
     unroll: int | bool,
     chunk_size: int,
     stack: bool,
 ) -> tuple[Any, Any]:
-    if mode == "sequential":
-        return _sequential(a, b, h0, reverse, unroll, stack)
+    """`(final, hs)` by the backend `mode`; `h0=None` starts from zero (which the
+    associative backend needs no offset for)."""
     if mode == "associative":
         return _associative(a, b, h0, reverse, stack)
+    if h0 is None:
+        h0 = jax.tree.map(lambda x: jnp.zeros_like(x[0]), b)
+    if mode == "sequential":
+        return _sequential(a, b, h0, reverse, unroll, stack)
     assert mode == "chunked", mode
     return _chunked(a, b, h0, reverse, unroll, stack, chunk_size)
 
@@ -335,9 +339,7 @@ def _parallel_stacked(a: Any, b: Any, h0: Any, options: Any) -> tuple[Any, Any]:
         return jax.tree.map(jnp.subtract, h, mul(a, _h_prev(h, zeros, reverse)))
 
     def run(a: Any, rhs: Any, reverse: bool) -> Any:
-        if mode == "associative":
-            return _associative(a, rhs, None, reverse, True)[1]
-        return _chunked(a, rhs, zeros, reverse, unroll, True, chunk_size)[1]
+        return _run(a, rhs, None, mode, reverse, unroll, chunk_size, True)[1]
 
     def solve(_: Any, rhs: Any) -> Any:
         return run(a, rhs, reverse)

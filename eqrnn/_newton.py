@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._linear_scan import MODES, _associative, _sequential
+from ._linear_scan import DEFAULT_CHUNK_SIZE, MODES, _run
 from ._platform import auto_mode
 
 
@@ -269,9 +269,7 @@ class _Coefficients(eqx.Module):
         if kind == "diagonal":
             if transpose:
                 a = _shift_back(a)
-            if mode == "sequential":
-                return _sequential(a, r, jnp.zeros_like(r[0]), transpose, 1, True)[1]
-            return _associative(a, r, None, transpose, True)[1]
+            return _run(a, r, None, mode, transpose, 1, DEFAULT_CHUNK_SIZE, True)[1]
         if kind == "blocks":
             num = a.shape[1]
             # (T, n) leaf-major -> (T, U, L): unit j holds entry j of each array.
