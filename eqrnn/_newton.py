@@ -252,7 +252,27 @@ def _shift_back(a: Array) -> Array:
 
 
 def _max_abs(x: Array) -> Array:
-    return jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
+    """The largest finite magnitude in `x` (zero if none)."""
+    if not x.size:
+        return jnp.zeros((), x.dtype)
+    return jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0))
+
+
+def _mismatch(x: Array, g: Array) -> Array:
+    """`max|g - x|`, where two non-finite entries agree and one non-finite entry
+    against a finite one is an infinite mismatch.
+
+    A NaN or infinity in a valid input is the sequential scan's result too (from
+    that step until a reset), so the iteration must reach it, not be stopped by it:
+    once every finite entry is converged, the non-finite ones are the sequential
+    scan's, by induction from the first of them (its step starts from a converged
+    finite state)."""
+    if not x.size:
+        return jnp.zeros((), x.dtype)
+    error = jnp.abs(g - x)
+    error = jnp.where(jnp.isnan(error), jnp.inf, error)
+    agree = jnp.logical_and(~jnp.isfinite(x), ~jnp.isfinite(g))
+    return jnp.max(jnp.where(agree, 0, error))
 
 
 class _Coefficients(eqx.Module):
@@ -377,6 +397,9 @@ class _System(eqx.Module):
                 a = jnp.where(valid.reshape((-1,) + (1,) * (a.ndim - 1)), a, eye)
         if damping:
             a = a / (1 + damping)
+        # A step that reads a non-finite state has no linearisation: the entries
+        # it would correct take the step's value instead (see `_iterate`).
+        a = jnp.where(jnp.isfinite(a), a, 0)
         return _Coefficients(a, kind, arrays)
 
 
@@ -390,6 +413,11 @@ def _tolerance(newton: Newton, dtype: Any) -> float:
     return TOL_EPS * float(jnp.finfo(dtype).eps)
 
 
+# `_iterate`'s loop: the guess, the map's value and aux there, its mismatch, the
+# mismatch before and the iterations.
+_Carry: TypeAlias = tuple[Array, Array, Any, Array, Array, Array]
+
+
 def _iterate(
     evaluate: Callable[[Array], tuple[Array, Any]],
     correct: Callable[[Array, Any], Array],
@@ -399,37 +427,45 @@ def _iterate(
     cap: int,
     scale: Callable[[Array], Array],
 ) -> tuple[Array, Any, Array, Array]:
-    """`x <- x + correct(r, aux)` with `(r, aux) = evaluate(x)` (the residual and
-    whatever else the correction needs at `x`; `first` is `evaluate(x0)`) until
-    converged or `cap` iterations: `(x, aux at x, iterations, converged)`.
+    """A fixed point `x = g(x)`: `x <- x + correct(g - x, aux)` with
+    `(g, aux) = evaluate(x)` (the map's value and whatever else the correction
+    needs at `x`; `first` is `evaluate(x0)`) until converged or `cap` iterations:
+    `(x, aux at x, iterations, converged)`.
 
-    Converged: `max|r| <= tol * scale(x)`, or, below `STALL * tol * scale(x)`, a
-    residual that no longer falls (rounding's floor: how low a residual can go
-    depends on the sizes and the dynamics, and a tolerance under it would
-    otherwise run to the cap)."""
+    Converged: `_mismatch(x, g) <= tol * scale(x)`, or, below
+    `STALL * tol * scale(x)`, a mismatch that no longer falls (rounding's floor:
+    how low a residual can go depends on the sizes and the dynamics, and a
+    tolerance under it would otherwise run to the cap).
 
-    def done(x: Array, r: Array, before: Array) -> Array:
-        norm, bound = _max_abs(r), tol * scale(x)
+    Where `g - x` is not finite, the entry takes `g` and its correction is zero:
+    a NaN would otherwise spread through the correction's scan past a reset
+    (`0 * nan`) to states the sequential scan keeps finite. The remaining
+    corrections are still those of the iteration that makes one more step exact
+    each time, so `cap = time` stays exact."""
+
+    def done(x: Array, norm: Array, before: Array) -> Array:
+        bound = tol * scale(x)
         stalled = jnp.logical_and(norm <= STALL * bound, norm >= before)
         return jnp.logical_or(norm <= bound, stalled)
 
-    def cond(carry: tuple[Array, Array, Any, Array, Array]) -> Array:
-        x, r, _, before, k = carry
-        return jnp.logical_and(k < cap, jnp.logical_not(done(x, r, before)))
+    def cond(carry: _Carry) -> Array:
+        x, _, _, norm, before, k = carry
+        return jnp.logical_and(k < cap, jnp.logical_not(done(x, norm, before)))
 
-    def body(
-        carry: tuple[Array, Array, Any, Array, Array],
-    ) -> tuple[Array, Array, Any, Array, Array]:
-        x, r, aux, _, k = carry
-        x = x + correct(r, aux)
-        return (x, *evaluate(x), _max_abs(r), k + 1)
+    def body(carry: _Carry) -> _Carry:
+        x, g, aux, norm, _, k = carry
+        r = g - x
+        finite = jnp.isfinite(r)
+        x = jnp.where(finite, x + correct(jnp.where(finite, r, 0), aux), g)
+        g, aux = evaluate(x)
+        return x, g, aux, _mismatch(x, g), norm, k + 1
 
-    r0, aux0 = first
-    inf = jnp.asarray(jnp.inf, r0.dtype)
-    x, r, aux, before, k = jax.lax.while_loop(
-        cond, body, (x0, r0, aux0, inf, jnp.array(0))
+    g, aux = first
+    inf = jnp.asarray(jnp.inf, g.dtype)
+    x, _, aux, norm, before, k = jax.lax.while_loop(
+        cond, body, (x0, g, aux, _mismatch(x0, g), inf, jnp.array(0))
     )
-    return x, aux, k, done(x, r, before)
+    return x, aux, k, done(x, norm, before)
 
 
 def _limits(newton: Newton, dtype: Any, num_steps: int) -> tuple[Array, int]:
@@ -451,8 +487,8 @@ def newton_forward(
     def evaluate(hs: Array) -> tuple[Array, _Coefficients]:
         # The steps and their linearisation at the same states, in one pass.
         prevs = _shift(hs, h0)
-        residual = system.steps(xs, prevs) - hs
-        return residual, system.coefficients(xs, prevs, kind, newton.damping)
+        steps = system.steps(xs, prevs)
+        return steps, system.coefficients(xs, prevs, kind, newton.damping)
 
     def correct(r: Array, coefficients: _Coefficients) -> Array:
         return coefficients.solve(r)
@@ -525,11 +561,11 @@ def _linear_solve(
     # constant-folded through the loop's test by XLA, for seconds of compilation.
     rhs = jax.lax.optimization_barrier(rhs)
     rhs_size = _max_abs(rhs)
-    # From zero, whose residual is `rhs` itself (`op` is linear): no `op` to
-    # evaluate first, and the zero right-hand side of the forward pass's own
-    # solve costs nothing.
+    # The fixed point of `v + (rhs - op(v))`, from zero, where the map is `rhs`
+    # itself (`op` is linear): no `op` to evaluate first, and the zero right-hand
+    # side of the forward pass's own solve costs nothing.
     v, _, _, _ = _iterate(
-        lambda v: (rhs - op(v), None),
+        lambda v: (v + (rhs - op(v)), None),
         lambda r, _: coefficients.solve(r, transpose),
         jnp.zeros_like(rhs),
         (rhs, None),

@@ -267,6 +267,26 @@ def test_nan_in_the_padding_reaches_neither_states_nor_gradients(getkey):
     assert_tree_allclose(got[:3], want[:3], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("linearisation", ["full", "diagonal"])
+def test_nan_in_a_valid_step_stops_at_the_next_reset(getkey, linearisation):
+    # The sequential scan's states are NaN from the poisoned step until the reset,
+    # and finite after it; so are its input gradients before the reset (0 * nan in
+    # the steps after the poison). Newton's method gives the same, and stops once
+    # the NaN stretch is reached, not at its cap of 60 iterations.
+    cell, xs, hidden, _, _ = _random_case(eqrnn.GRUCell, getkey(), 60, 4)
+    xs = xs.at[8, 1].set(jnp.nan)
+    resets = jnp.zeros(60, bool).at[15].set(True)
+    length = jnp.array(60)
+    mode = eqrnn.Newton(linearisation)
+    got = _everything(cell, xs, hidden, length, resets, mode, False)
+    want = _everything(cell, xs, hidden, length, resets, "sequential", False)
+    assert bool(jnp.isnan(want[0][8:15]).all()) and bool(
+        jnp.isfinite(want[0][15:]).all()
+    )
+    assert_tree_allclose(got, want, rtol=1e-10, atol=1e-10)
+    assert int(_iterations(cell, xs, hidden, resets=resets, mode=mode)) < 30
+
+
 def test_a_stochastic_function_sees_the_same_keys(getkey):
     # A user's callable with a key: each step gets the key the sequential scan gives
     # it, so the noise, and the result, are the same.
