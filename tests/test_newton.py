@@ -287,6 +287,21 @@ def test_nan_in_a_valid_step_stops_at_the_next_reset(getkey, linearisation):
     assert int(_iterations(cell, xs, hidden, resets=resets, mode=mode)) < 30
 
 
+def test_a_diverged_model_stops_at_once(getkey):
+    # A NaN weight (a training run that diverged): the states are NaN from the
+    # first step on, as in the sequential scan, after two iterations rather than the
+    # cap of 200.
+    cell = eqrnn.GRUCell(3, 4, key=getkey())
+    cell = eqx.tree_at(
+        lambda c: c.weight_hh, cell, cell.weight_hh.at[0, 0].set(jnp.nan)
+    )
+    xs = jr.normal(getkey(), (200, 3))
+    want = _scan(cell, xs)
+    assert bool(jnp.isnan(want[1:]).all())
+    assert_tree_allclose(_scan(cell, xs, mode="newton"), want)
+    assert int(_iterations(cell, xs, mode="newton")) <= 2
+
+
 def test_a_stochastic_function_sees_the_same_keys(getkey):
     # A user's callable with a key: each step gets the key the sequential scan gives
     # it, so the noise, and the result, are the same.
