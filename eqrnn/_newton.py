@@ -10,11 +10,13 @@ makes the first $k$ states exact: `max_iterations = time` is exact, and the loop
 stops as soon as the residual $\max_t |h_t - f(x_t, h_{t-1})|$ is at rounding level.
 
 Derivatives are exact too, whichever linearisation runs the forward pass. The
-solution is made differentiable by the implicit function theorem, through
-`jax.lax.custom_linear_solve`: the tangent solves $(I - J S) \dot h = \partial f$
-and the gradient the transposed system, both with the full per-step Jacobian $J_t$
-applied as one batched JVP (VJP) over all steps and the chosen $A_t$ as
-preconditioner, iterated to the same tolerance.
+solution's JVP rule is the implicit function theorem (`eqx.filter_custom_jvp`):
+the tangent solves $(I - J S) \dot h = \partial f$ through
+`jax.lax.custom_linear_solve`, and reverse mode its transposed system, both with
+the full per-step Jacobian $J_t$ applied as one batched JVP (VJP) over all steps
+and the chosen $A_t$ as preconditioner, iterated to the same tolerance. The rule
+is a JAX function of the solution, so it differentiates again: Hessian-vector
+products are exact as well.
 """
 
 import abc
@@ -505,14 +507,14 @@ def newton_forward(
     )
 
 
-def newton_solve(
-    system: _System, xs: Any, h0: Array, kind: str, newton: Newton
-) -> Array:
-    """Every step's state, flattened, differentiable with respect to the cell and
-    reset state (in `system`), `xs` and `h0`, in forward and reverse mode."""
-    num_steps = jax.tree.leaves(xs)[0].shape[0]
-    f_system, f_xs, f_h0 = _stop_gradient((system, xs, h0))
-    hs, coefficients, _, converged = newton_forward(f_system, f_xs, f_h0, kind, newton)
+@eqx.filter_custom_jvp
+def _solution(
+    system: _System, xs: Any, h0: Array, *, kind: str, newton: Newton
+) -> tuple[Array, Array]:
+    """Every step's state, flattened, and the linearisation the forward loop ended
+    with (`_Coefficients.a`: the preconditioner of the derivatives' solves)."""
+    hs, coefficients, _, converged = newton_forward(system, xs, h0, kind, newton)
+    num_steps = hs.shape[0]
     if newton.max_iterations is not None and newton.max_iterations < num_steps:
         hs = eqx.error_if(
             hs,
@@ -521,30 +523,58 @@ def newton_solve(
             "the tolerance, so the result would be inexact. Raise it, or pass "
             "`max_iterations=None` (the sequence length, always exact).",
         )
-    hs = jax.lax.stop_gradient(hs)
-    prevs = _shift(hs, f_h0)
+    return hs, coefficients.a
+
+
+@_solution.def_jvp
+def _solution_jvp(
+    primals: tuple[_System, Any, Array],
+    tangents: tuple[Any, Any, Any],
+    *,
+    kind: str,
+    newton: Newton,
+) -> tuple[tuple[Array, Array], tuple[Array, None]]:
+    """The implicit function theorem: `hs = F(hs)` with `F(hs) = steps(shift(hs))`
+    gives `(I - J S) dhs = dF`, where `dF` is the step's derivative in the cell, the
+    inputs and `h0`. Everything here is a JAX function of the primals and of `hs`,
+    itself `_solution`'s output, so the rule differentiates again: second and
+    higher derivatives are exact too. The preconditioner is a constant (the
+    solves' results do not depend on it, to the tolerance)."""
+    system, xs, h0 = primals
+    hs, a = _solution(system, xs, h0, kind=kind, newton=newton)
+
+    def steps(system: _System, xs: Any, h0: Array) -> Array:
+        return system.steps(xs, _shift(hs, h0))
+
+    _, rhs = eqx.filter_jvp(steps, primals, tangents)
+    if rhs is None:  # nothing here is differentiated
+        return (hs, a), (jnp.zeros_like(hs), None)
     # The step's Jacobian at the solution, as a linear map over all steps.
-    _, jvp = jax.linearize(lambda p: f_system.steps(f_xs, p), prevs)
+    _, jvp = jax.linearize(lambda p: system.steps(xs, p), _shift(hs, h0))
     zero = jnp.zeros_like(h0)
-    tol, cap = _limits(newton, h0.dtype, num_steps)
+    tol, cap = _limits(newton, h0.dtype, hs.shape[0])
+    preconditioner = _Coefficients(jax.lax.stop_gradient(a), kind, len(system.shapes))
 
     def matvec(v: Array) -> Array:
         return v - jvp(_shift(v, zero))
 
-    # Both solves are preconditioned by the linearisation the forward loop ended
-    # with: it was made at `prevs`, the states the solution's steps start from.
     def solve(matvec: Callable[[Array], Array], rhs: Array) -> Array:
-        return _linear_solve(matvec, rhs, coefficients, False, tol, cap)
+        return _linear_solve(matvec, rhs, preconditioner, False, tol, cap)
 
     def transpose_solve(vecmat: Callable[[Array], Array], rhs: Array) -> Array:
-        return _linear_solve(vecmat, rhs, coefficients, True, tol, cap)
+        return _linear_solve(vecmat, rhs, preconditioner, True, tol, cap)
 
-    # Zero in value; its tangent is the step's derivative with respect to the
-    # cell, the inputs and `h0` at the solution: the right-hand side of the
-    # implicit function theorem's system.
-    f = system.steps(xs, _shift(hs, h0))
-    rhs = f - jax.lax.stop_gradient(f)
-    return hs + jax.lax.custom_linear_solve(matvec, rhs, solve, transpose_solve)
+    tangent = jax.lax.custom_linear_solve(matvec, rhs, solve, transpose_solve)
+    return (hs, a), (tangent, None)
+
+
+def newton_solve(
+    system: _System, xs: Any, h0: Array, kind: str, newton: Newton
+) -> Array:
+    """Every step's state, flattened, differentiable with respect to the cell and
+    reset state (in `system`), `xs` and `h0`, in forward and reverse mode and to
+    any order."""
+    return _solution(system, xs, h0, kind=kind, newton=newton)[0]
 
 
 def _linear_solve(
@@ -574,12 +604,6 @@ def _linear_solve(
         lambda v: jnp.maximum(rhs_size, _max_abs(v)),
     )
     return v
-
-
-def _stop_gradient(tree: Any) -> Any:
-    """`jax.lax.stop_gradient` on the arrays of `tree`, other leaves kept."""
-    arrays, rest = eqx.partition(tree, eqx.is_array)
-    return eqx.combine(jax.lax.stop_gradient(arrays), rest)
 
 
 def _kind(newton: Newton, system: _System, size: int, where: str) -> str:

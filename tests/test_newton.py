@@ -107,7 +107,40 @@ def test_check_grads_in_both_modes(getkey):
         return _readout(_scan(model, xs, mode=eqrnn.Newton("diagonal")))
 
     params, static = eqx.partition(cell, eqx.is_array)
-    check_grads(loss, (params, xs), order=1, modes=["rev", "fwd"])
+    check_grads(loss, (params, xs), order=2, modes=["rev", "fwd"])
+
+
+@eqx.filter_jit
+def _hessian_vector_products(cell, xs, hidden, length, resets, mode):
+    """The Hessian of a readout in (cell, inputs, starting state) applied to a
+    direction, forward-over-reverse and reverse-over-reverse."""
+    kw = dict(length=length, resets=resets, mode=mode)
+
+    def grad(args):
+        loss = lambda args: _readout(eqrnn.scan_all_hidden(*args, **kw))  # noqa: E731
+        return eqx.filter_grad(loss)(args)
+
+    args = (cell, xs, hidden)
+    direction = jax.tree.map(jnp.cos, eqx.filter(args, eqx.is_inexact_array))
+    forward = eqx.filter_jvp(grad, (args,), (direction,))[1]
+
+    def along(args):
+        flat = jax.tree.leaves(eqx.filter(grad(args), eqx.is_inexact_array))
+        pairs = zip(flat, jax.tree.leaves(direction), strict=True)
+        return sum(jnp.vdot(a, b) for a, b in pairs)
+
+    return forward, eqx.filter_grad(along)(args)
+
+
+@pytest.mark.parametrize("cls", NEWTON_CELLS)
+def test_second_derivatives_equal_the_sequential_scan(cls, getkey):
+    # The derivative rule is itself differentiable (the implicit function theorem
+    # at `_solution`'s output), so Hessian-vector products are exact too.
+    cell, xs, hidden, length, resets = _random_case(cls, getkey(), 13, 3)
+    mode = eqrnn.Newton("diagonal")
+    got = _hessian_vector_products(cell, xs, hidden, length, resets, mode)
+    want = _hessian_vector_products(cell, xs, hidden, length, resets, "sequential")
+    assert_tree_allclose(got, want, rtol=1e-9, atol=1e-10)
 
 
 def test_a_chaotic_cell_still_ends_exact(getkey):
