@@ -592,8 +592,8 @@ def _linear_solve(
     rhs = jax.lax.optimization_barrier(rhs)
     rhs_size = _max_abs(rhs)
     # The fixed point of `v + (rhs - op(v))`, from zero, where the map is `rhs`
-    # itself (`op` is linear): no `op` to evaluate first, and the zero right-hand
-    # side of the forward pass's own solve costs nothing.
+    # itself (`op` is linear): no `op` to evaluate first, and a zero right-hand
+    # side costs nothing.
     v, _, _, _ = _iterate(
         lambda v: (v + (rhs - op(v)), None),
         lambda r, _: coefficients.solve(r, transpose),

@@ -132,10 +132,11 @@ def _hessian_vector_products(cell, xs, hidden, length, resets, mode):
     return forward, eqx.filter_grad(along)(args)
 
 
-@pytest.mark.parametrize("cls", NEWTON_CELLS)
+@pytest.mark.parametrize("cls", [eqrnn.GRUCell, eqrnn.LSTMCell])
 def test_second_derivatives_equal_the_sequential_scan(cls, getkey):
     # The derivative rule is itself differentiable (the implicit function theorem
-    # at `_solution`'s output), so Hessian-vector products are exact too.
+    # at `_solution`'s output), so Hessian-vector products are exact too. The rule
+    # is the same for every cell: one state array and a tuple state are checked.
     cell, xs, hidden, length, resets = _random_case(cls, getkey(), 13, 3)
     mode = eqrnn.Newton("diagonal")
     got = _hessian_vector_products(cell, xs, hidden, length, resets, mode)
