@@ -107,7 +107,7 @@ def test_check_grads_in_both_modes(getkey):
         return _readout(_scan(model, xs, mode=eqrnn.Newton("diagonal")))
 
     params, static = eqx.partition(cell, eqx.is_array)
-    check_grads(loss, (params, xs), order=2, modes=["rev", "fwd"])
+    check_grads(loss, (params, xs), order=1, modes=["rev", "fwd"])
 
 
 @eqx.filter_jit
