@@ -568,15 +568,6 @@ def _solution_jvp(
     return (hs, a), (tangent, None)
 
 
-def newton_solve(
-    system: _System, xs: Any, h0: Array, kind: str, newton: Newton
-) -> Array:
-    """Every step's state, flattened, differentiable with respect to the cell and
-    reset state (in `system`), `xs` and `h0`, in forward and reverse mode and to
-    any order."""
-    return _solution(system, xs, h0, kind=kind, newton=newton)[0]
-
-
 def _linear_solve(
     op: Callable[[Array], Array],
     rhs: Array,
@@ -681,7 +672,9 @@ def newton_loop(parts: NewtonParts, hidden: Any, plan: Any) -> tuple[Any, Any]:
         empty = jax.tree.map(lambda x: jnp.zeros((0, *x.shape), x.dtype), hidden)
         return hidden, (empty if plan.stack else None)
     system, seq, h0, kind, newton = _prepare(parts, hidden, plan)
-    hs = newton_solve(system, seq, h0, kind, newton)
+    # Differentiable with respect to the cell and reset state (in `system`), the
+    # inputs and `h0`, in forward and reverse mode and to any order.
+    hs = _solution(system, seq, h0, kind=kind, newton=newton)[0]
     final = system.unflatten(hs[-1])
     if not plan.stack:
         return final, None

@@ -569,8 +569,8 @@ def newton_iterations(
 
     The forward pass of `scan_all_hidden(cell, inputs, hidden, mode=mode, ...)`
     (and of `scan_last` and `RNN`) runs this many; each costs one parallel pass
-    over the sequence. The backward pass solves two linear systems to the same
-    tolerance, with as many iterations or fewer.
+    over the sequence. A derivative solves one linear system (reverse mode: its
+    transpose) to the same tolerance, in about as many iterations or fewer.
 
     !!! example
 
