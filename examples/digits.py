@@ -89,32 +89,143 @@ def _progress(step: int, steps: int, loss: float, start: float) -> None:
     sys.stderr.flush()
 
 
-def _plot(model: DigitClassifier, images: Any, labels: Any, path: Path) -> None:
+def plot_hidden_states(
+    model: DigitClassifier, images: Any, labels: Any, *, max_points: int = 400
+) -> Any:
+    """The picture `run_demo` writes to `hidden_states.png`.
+
+    Left: each digit's average path through the hidden state, row by row, from the
+    shared starting state to the state the read-out classifies, over a cloud of the
+    final states of single test images; all projected onto the two directions in
+    which the final states vary most, one colour per digit, with a legend. Right: one
+    test image next to its hidden state after each row. A caption line under the two
+    panels says what the marks mean.
+
+    **Arguments:**
+
+    - `model`: a (trained) `DigitClassifier`.
+    - `images`, `labels`: test images `(n, 8, 8)` and their digits `(n,)`.
+    - `max_points`: at most this many images are drawn and averaged.
+
+    **Returns:**
+
+    A matplotlib `Figure` (the caller saves and closes it).
+    """
     matplotlib = _require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    hs = np.asarray(jax.vmap(model.hidden_states)(jnp.asarray(images[:200])))
-    # Project every state onto the two main directions of all states.
-    flat = hs.reshape(-1, hs.shape[-1])
-    flat = flat - flat.mean(0)
-    _, _, vt = np.linalg.svd(flat, full_matrices=False)
-    proj = (hs - hs.reshape(-1, hs.shape[-1]).mean(0)) @ vt[:2].T
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    images, labels = np.asarray(images)[:max_points], np.asarray(labels)[:max_points]
+    hs = np.asarray(jax.vmap(model.hidden_states)(jnp.asarray(images)))
+    cell = model.rnn.cell
+    assert isinstance(cell, eqrnn.AbstractCell)
+    start = np.asarray(cell.output(cell.init_hidden()))
+    # Paths begin at the starting state, before the first row is read.
+    paths = np.concatenate([np.broadcast_to(start, hs[:, :1].shape), hs], axis=1)
+    # The two directions in which the final states, which the read-out sees, vary most.
+    finals = paths[:, -1]
+    centre = finals.mean(0)
+    _, _, vt = np.linalg.svd(finals - centre, full_matrices=False)
+    proj = (paths - centre) @ vt[:2].T  # (n, 9, 2)
+    predicted = int(jnp.argmax(model(jnp.asarray(images[0]))))
+
+    fig = plt.figure(figsize=(13, 5.6))
+    grid = fig.add_gridspec(
+        1, 4, width_ratios=[2.4, 0.5, 0.75, 1.45], wspace=0.3, left=0.05, right=0.93
+    )
+    ax = fig.add_subplot(grid[0])
     colours = plt.get_cmap("tab10")
     for digit in range(10):
-        for p in proj[labels[:200] == digit][:6]:
-            axes[0].plot(p[:, 0], p[:, 1], color=colours(digit), alpha=0.6, lw=1)
-            axes[0].scatter(p[-1, 0], p[-1, 1], color=colours(digit), s=12)
-    axes[0].set_title("Hidden-state trajectories (2 main directions), by digit")
-    axes[0].set_xlabel("direction 1")
-    axes[0].set_ylabel("direction 2")
-    for unit in range(min(8, hs.shape[-1])):
-        axes[1].plot(range(1, 9), hs[0, :, unit], marker="o", ms=3)
-    axes[1].set_title(f"First 8 hidden units over time (a '{labels[0]}')")
-    axes[1].set_xlabel("time step (image row)")
-    axes[1].set_ylabel("activation")
-    fig.tight_layout()
+        mine = proj[labels == digit]
+        if not len(mine):
+            continue
+        ax.scatter(
+            mine[:, -1, 0], mine[:, -1, 1], color=colours(digit), s=7, alpha=0.3, lw=0
+        )
+        mean = mine.mean(0)
+        ax.plot(
+            mean[:, 0],
+            mean[:, 1],
+            color=colours(digit),
+            lw=2,
+            marker="o",
+            ms=3,
+            label=f"{digit}  ({len(mine)} images)",
+        )
+        ax.annotate(
+            str(digit),
+            mean[-1],
+            color=colours(digit),
+            fontsize=13,
+            fontweight="bold",
+            ha="center",
+            va="center",
+            xytext=(0, 10),
+            textcoords="offset points",
+        )
+    ax.scatter(*proj[0, 0], marker="x", color="black", s=60, zorder=3)
+    ax.annotate(
+        "start", proj[0, 0], xytext=(6, 6), textcoords="offset points", fontsize=9
+    )
+    handles, names = ax.get_legend_handles_labels()
+    handles += [
+        Line2D([], [], ls="", marker="o", ms=3, color="grey", alpha=0.5),
+        Line2D([], [], ls="", marker="x", color="black"),
+    ]
+    names += ["one image's final state", "start (before row 1)"]
+    ax.legend(
+        handles,
+        names,
+        title="digit: mean path",
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        fontsize=8.5,
+        frameon=False,
+    )
+    ax.set_title("Each digit's mean path through the hidden state")
+    ax.set_xlabel("direction 1 (the final states vary most along it)")
+    ax.set_ylabel("direction 2")
+
+    rows = (0.5, 8.5, 8.5, 0.5)  # row 1 at the top, as the image is read
+    image_ax = fig.add_subplot(grid[2])
+    image_ax.imshow(images[0], cmap="gray_r", extent=(0.5, 8.5, *rows[2:]))
+    image_ax.set_title(f"a test '{labels[0]}',\nrow by row")
+    image_ax.set_xticks([])
+    image_ax.set_yticks(range(1, 9))
+    image_ax.set_ylabel("row = time step")
+    heat_ax = fig.add_subplot(grid[3])
+    units = min(16, hs.shape[-1])
+    shown = heat_ax.imshow(
+        hs[0, :, :units],
+        cmap="RdBu_r",
+        vmin=-1,
+        vmax=1,
+        aspect="auto",
+        extent=(0.5, units + 0.5, *rows[2:]),
+    )
+    heat_ax.set_title(f"its hidden state after each row\n(predicted: {predicted})")
+    heat_ax.set_xlabel(f"hidden unit (first {units} of {hs.shape[-1]})")
+    heat_ax.set_yticks(range(1, 9))
+    fig.colorbar(shown, ax=heat_ax, fraction=0.06, pad=0.03, label="activation")
+    fig.text(
+        0.05,
+        0.02,
+        f"Left: the faint dots are the final hidden states of {len(labels)} test "
+        "images, coloured by their true digit; each line is a digit's mean path, from "
+        "the shared start (x)\nthrough one circle per row read, to the final state "
+        "that the linear read-out classifies. Right: one image and the hidden state "
+        "after each of its rows.",
+        fontsize=9,
+    )
+    fig.subplots_adjust(top=0.9, bottom=0.22)
+    return fig
+
+
+def _plot(model: DigitClassifier, images: Any, labels: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = plot_hidden_states(model, images, labels)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -65,6 +65,45 @@ def test_demo_learns_and_writes_a_plot_and_a_checkpoint(tmp_path):
     assert isinstance(model, digits.DigitClassifier)
 
 
+def test_hidden_state_picture_says_what_it_shows():
+    # A new user's complaint: about a hundred overlapping trajectories in ten colours
+    # and no legend, so which colour is which digit, and what are the dots?
+    import matplotlib.pyplot as plt
+
+    _, _, x_test, y_test = digits.load_digits(0)
+    model = digits.DigitClassifier("gru", 8, key=jr.key(0))
+    fig = digits.plot_hidden_states(model, x_test[:120], y_test[:120])
+    try:
+        paths = fig.axes[0]
+        # One path per digit (their mean), not one per image.
+        drawn = [line for line in paths.get_lines() if len(line.get_xdata()) > 1]
+        present = sorted(set(y_test[:120].tolist()))
+        assert len(drawn) == len(present) == 10
+        assert all(len(line.get_xdata()) == 9 for line in drawn)  # start + 8 rows
+        # A legend names each colour's digit and says what the marks are.
+        legend = paths.get_legend()
+        assert legend is not None, "the trajectories have no legend"
+        entries = [text.get_text() for text in legend.get_texts()]
+        for digit, line in zip(present, drawn, strict=True):
+            (entry,) = [e for e in entries if e.split()[0] == str(digit)]
+            assert line.get_label() == entry
+        assert "one image's final state" in entries
+        assert any(e.startswith("start") for e in entries)
+        # Each path's end carries its digit, in the path's colour.
+        labels = {t.get_text(): t.get_color() for t in paths.texts}
+        for digit, line in zip(present, drawn, strict=True):
+            assert labels[str(digit)] == line.get_color()
+        # The final state of each image is a dot, coloured by its digit.
+        dots = sum(len(c.get_offsets()) for c in paths.collections) - 1  # less start
+        assert dots == 120
+        # A caption line says what the panels show.
+        (caption,) = fig.texts
+        assert "final hidden states of 120 test images" in caption.get_text()
+        assert "mean path" in caption.get_text()
+    finally:
+        plt.close(fig)
+
+
 def test_demo_rejects_an_unknown_cell(tmp_path):
     with pytest.raises(ValueError, match="`cell` must be one of"):
         digits.run_demo(cell="transformer", out_dir=tmp_path)
