@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._cell import AbstractCell
@@ -65,7 +66,7 @@ class CallableCell(AbstractCell):
         return inputs
 
     def step(self, projected: Float[Array, " input_size"], hidden: Any) -> Any:
-        return self.fn(projected, hidden)
+        return _checked(self, self.fn(projected, hidden), hidden)
 
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         return tuple(jnp.shape(x) for x in jax.tree.leaves(self.initial_hidden))
@@ -80,7 +81,7 @@ class CallableCell(AbstractCell):
             return newton_loop(self.newton_parts(inputs), hidden, plan)
 
         def call(x: Array, h: Any, k: Any) -> Any:
-            return self.fn(x, h, key=k)
+            return _call_fn(self, x, h, k)
 
         return step_loop(call, inputs, hidden, self.initial_hidden, plan)
 
@@ -90,7 +91,45 @@ class CallableCell(AbstractCell):
 
 
 def _call_fn(cell: CallableCell, x: Array, hidden: Any, key: Any) -> Any:
-    return cell.fn(x, hidden, key=key)
+    return _checked(cell, cell.fn(x, hidden, key=key), hidden)
+
+
+def _checked(cell: CallableCell, new: Any, hidden: Any) -> Any:
+    """`new`, the state `cell.fn` returned, which must be shaped like `hidden`
+    (checked at trace time: `lax.scan` would only say that its carry changed)."""
+    if _signature(new) == _signature(hidden):
+        return new
+    name = getattr(cell.fn, "__name__", type(cell.fn).__name__)
+    hint = ""
+    if (
+        isinstance(new, tuple)
+        and len(new) == 2
+        and _signature(new[0]) == _signature(hidden)
+    ):
+        hint = (
+            " It returned a pair whose first element is the state, like a Flax cell's "
+            "`(carry, output)`: eqrnn expects the new hidden state alone, so wrap it, "
+            "e.g. `lambda x, h, key=None: fn(x, h)[0]` (a Flax NNX cell takes "
+            "`(carry, inputs)`: `lambda x, h, key=None: flax_cell(h, x)[0]`)."
+        )
+    raise ValueError(
+        f"The cell {name} must return the new hidden state, shaped like `hidden` "
+        f"{_describe(hidden)}, got {_describe(new)}.{hint}"
+    )
+
+
+def _signature(tree: Any) -> Any:
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, [(jnp.shape(x), jnp.result_type(x)) for x in leaves]
+
+
+def _describe(tree: Any) -> str:
+    """`float32[4]`, or `(float32[4], float32[4])` for a tuple of states."""
+    if isinstance(tree, tuple | list):
+        return "(" + ", ".join(_describe(x) for x in tree) + ")"
+    if isinstance(tree, jax.Array | np.ndarray | float | int):
+        return f"{jnp.result_type(tree)}{list(jnp.shape(tree))}"
+    return type(tree).__name__
 
 
 def reset_state_of(fn: Any, hidden: Any, where: str) -> Any:

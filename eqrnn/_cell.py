@@ -354,7 +354,7 @@ def stacked_gates(
     `hidden_size`, the resolved `dtype`, and `weight_ih`, `weight_hh` (reading
     `recurrent_size` entries, default `hidden_size`) and `bias`, drawn from
     `keys = (input key, recurrent key, bias key)`."""
-    dtype = resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype, where)
     ikey, hkey, bkey = keys
     input_size, hidden_size, weight_ih, bias = input_gates(
         where, input_size, hidden_size, num_gates, use_bias, kernel_init, bias_init,

@@ -1,13 +1,13 @@
 """The convolutional LSTM (Shi et al. 2015) over 1, 2 or 3 spatial dimensions."""
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
@@ -24,6 +24,7 @@ from ._misc import (
     gate_blocks,
     optional_bias,
     resolve_dtype,
+    split_key,
     with_forget_bias,
 )
 
@@ -137,6 +138,14 @@ class ConvLSTMCell(AbstractStepCell, AbstractTupleStateCell):
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
+        if isinstance(input_shape, numbers.Integral):
+            raise TypeError(
+                f"ConvLSTMCell: `input_shape` must be one step's shape "
+                f"(*spatial, in_channels), e.g. (16, 16, {input_shape}) for 16x16 "
+                f"frames with {input_shape} channels, got the int {input_shape!r}. "
+                "For vector inputs use `eqrnn.LSTMCell(input_size, hidden_size, "
+                "key=...)`."
+            )
         shape = tuple(input_shape)
         if not 2 <= len(shape) <= 4:
             raise ValueError(
@@ -175,8 +184,8 @@ class ConvLSTMCell(AbstractStepCell, AbstractTupleStateCell):
         check_forget_bias("ConvLSTMCell", forget_bias, use_bias)
         self.gate_fn = gate_fn
         self.activation_fn = activation_fn
-        dtype = resolve_dtype(dtype)
-        ikey, hkey, bkey, ckey = jr.split(key, 4)
+        dtype = resolve_dtype(dtype, "ConvLSTMCell")
+        ikey, hkey, bkey, ckey = split_key("ConvLSTMCell", key, 4)
         hs = self.hidden_size
         window = self.kernel_size
         self.weight_ih = gate_blocks(

@@ -4,7 +4,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
@@ -20,7 +19,7 @@ from ._cell import (
 )
 from ._custom_types import HiddenArray
 from ._fused import gru_pointwise, identity, laid_out
-from ._misc import optional_bias
+from ._misc import optional_bias, split_key
 
 
 class GRUCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractPointwiseCell):
@@ -94,7 +93,7 @@ class GRUCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractPointwis
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
         # The first four keys are those of the other cells; `bias_hn` takes a fifth.
-        ikey, hkey, bkey, ckey, nkey = jr.split(key, 5)
+        ikey, hkey, bkey, ckey, nkey = split_key("GRUCell", key, 5)
         (
             self.input_size,
             self.hidden_size,

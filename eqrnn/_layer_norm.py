@@ -7,7 +7,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
@@ -23,7 +22,7 @@ from ._cell import (
     stacked_gates,
 )
 from ._custom_types import HiddenArray, LSTMHidden
-from ._misc import check_forget_bias, check_positive, with_forget_bias
+from ._misc import check_forget_bias, check_positive, split_key, with_forget_bias
 
 
 def layer_norm(
@@ -130,7 +129,7 @@ class LayerNormLSTMCell(AbstractStepCell, AbstractTupleStateCell):
         """
         check_forget_bias("LayerNormLSTMCell", forget_bias, use_bias)
         self.eps = check_positive("LayerNormLSTMCell", "eps", eps)
-        ikey, hkey, bkey, ckey = jr.split(key, 4)
+        ikey, hkey, bkey, ckey = split_key("LayerNormLSTMCell", key, 4)
         (
             self.input_size,
             self.hidden_size,
@@ -275,7 +274,7 @@ class LayerNormGRUCell(AbstractStackedGatesCell, AbstractArrayStateCell):
             )
         self.update_bias = float(update_bias)
         self.eps = check_positive("LayerNormGRUCell", "eps", eps)
-        ikey, hkey, bkey, ckey = jr.split(key, 4)
+        ikey, hkey, bkey, ckey = split_key("LayerNormGRUCell", key, 4)
         (
             self.input_size,
             self.hidden_size,

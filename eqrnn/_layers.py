@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Shape
 
 from ._adapter import as_cell
 from ._custom_types import AnyHiddenLike, Inputs, Length
-from ._misc import describe_shape, input_shape_of
+from ._misc import check_key, describe_shape, input_shape_of, speed_setting
 from ._newton import ScanMode
 from ._platform import Unroll
 from ._scan import ScanOptions, check_length, check_sequence, run_scan
@@ -82,10 +82,10 @@ class RNN(eqx.Module):
     reverse: bool = eqx.field(static=True)
     keep_order: bool = eqx.field(static=True)
     return_hidden: bool = eqx.field(static=True)
-    unroll: Unroll = eqx.field(static=True)
-    checkpoint: bool | int = eqx.field(static=True)
-    mode: ScanMode = eqx.field(static=True)
-    check_finite: bool = eqx.field(static=True)
+    unroll: Unroll = speed_setting()
+    checkpoint: bool | int = speed_setting()
+    mode: ScanMode = speed_setting()
+    check_finite: bool = speed_setting()
 
     def __init__(
         self,
@@ -121,6 +121,14 @@ class RNN(eqx.Module):
         """
         if not callable(cell):
             raise TypeError(f"RNN: `cell` must be callable, got {type(cell).__name__}.")
+        if isinstance(cell, RNN | Bidirectional | StackedRNN):
+            name = type(cell).__name__
+            raise TypeError(
+                f"RNN: `cell` must be a cell (one step), got an {name}, a layer that "
+                "runs whole sequences. Use the layer itself"
+                + (", or its cell: `eqrnn.RNN(layer.cell)`" if name == "RNN" else "")
+                + "; to stack layers, `eqrnn.StackedRNN([...])`."
+            )
         _check_static("RNN", keep_order=keep_order, return_hidden=return_hidden)
         ScanOptions("RNN", reverse, unroll, checkpoint, mode, check_finite).check_cell(
             cell
@@ -263,14 +271,13 @@ class RNN(eqx.Module):
                 "RNN.step: a `reverse=True` layer reads the sequence backwards and "
                 "cannot be streamed one step at a time."
             )
-        input = jnp.asarray(input)
-        shape = input_shape_of(self.cell)
-        if input.ndim != (1 if shape is None else len(shape)):
-            expected = "(input_size,)" if shape is None else describe_shape(shape)
+        input = _check_step_input(self, input, "RNN.step", "input")
+        if jnp.ndim(reset) != 0:
             raise ValueError(
-                f"RNN.step: `input` must have shape {expected}, one step of one "
-                f"sequence, got shape {input.shape}. For a batch of streams, "
-                "`jax.vmap(lambda x, h: rnn.step(x, h))(inputs, hiddens)`."
+                f"RNN.step: `reset` must be one flag for this step, a bool or a "
+                f"scalar boolean array, got shape {jnp.shape(reset)}. For a batch "
+                "of streams, `jax.vmap(lambda x, h, r: rnn.step(x, h, reset=r))"
+                "(inputs, hiddens, resets)`."
             )
         # A one-step sequence through the scan: the same computation as each step
         # of `__call__`, so streaming gives its numbers bit for bit.
@@ -764,7 +771,7 @@ class StackedRNN(eqx.Module):
                 f"StackedRNN.step: `hidden` must hold one state per layer "
                 f"({len(self.layers)}), got {len(hidden)}."
             )
-        x = jnp.asarray(input)
+        x = _check_step_input(self, input, "StackedRNN.step", "input")
         new_hidden = []
         for i, (layer, h) in enumerate(zip(self.layers, hidden, strict=True)):
             if not isinstance(layer, RNN):
@@ -773,6 +780,31 @@ class StackedRNN(eqx.Module):
             x = out + x if self.residual and i > 0 else out
             new_hidden.append(h)
         return x, tuple(new_hidden)
+
+
+def _check_step_input(
+    layer: "RNN | StackedRNN", input: Any, where: str, name: str
+) -> Array:
+    """One step's `input` of a streamed layer, checked against its first cell's
+    input shape where the cell says it."""
+    input = jnp.asarray(input)
+    first = layer if isinstance(layer, RNN) else layer.layers[0]
+    shape = input_shape_of(first.cell) if isinstance(first, RNN) else None
+    if input.ndim != (1 if shape is None else len(shape)) or (
+        shape is not None and input.shape != shape
+    ):
+        expected = "(input_size,)" if shape is None else describe_shape(shape)
+        raise ValueError(
+            f"{where}: `{name}` must have shape {expected}, one step of one "
+            f"sequence, got shape {input.shape}."
+            + (
+                " For a batch of streams, `jax.vmap(lambda x, h: rnn.step(x, h))"
+                "(inputs, hiddens)`."
+                if shape is not None and input.shape[1:] == shape
+                else ""
+            )
+        )
+    return input
 
 
 def _no_streaming(i: int) -> str:
@@ -785,12 +817,16 @@ def _no_streaming(i: int) -> str:
 def generate(
     layer: "RNN | StackedRNN",
     first_input: Float[ArrayLike, " *input_shape"],
-    next_input: Callable[[Array, PRNGKeyArray | None], Array],
+    next_input: Callable[[Array, PRNGKeyArray | None], Any],
     num_steps: int,
-    hidden: Any = None,
+    hidden: PyTree[Float[ArrayLike, "..."]] | None = None,
     *,
     key: PRNGKeyArray | None = None,
-) -> tuple[Float[Array, " time *input_shape"], Float[Array, "time ..."], Any]:
+) -> tuple[
+    PyTree[Shaped[Array, "time ..."]],
+    Float[Array, "time ..."],
+    PyTree[Float[Array, "..."]],
+]:
     """Run a layer in closed loop: each step's output, through `next_input`, becomes
     the next step's input (sampling from a language model, rolling out a dynamics
     model). One `jax.lax.scan` over `layer.step`, so it jits into one program.
@@ -804,22 +840,47 @@ def generate(
         )  # inputs[t + 1] == tanh(outputs[t])
         ```
 
+    !!! example "A token model: prime with a prompt, get the sampled ids back"
+
+        ```python
+        k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+        embed = eqx.nn.Embedding(20, 4, key=k1)  # token ids -> vectors
+        rnn = eqrnn.RNN(eqrnn.GRUCell(4, 16, key=k2))
+        head = eqx.nn.Linear(16, 20, key=k3)  # outputs -> logits
+
+        def sample(output, key):
+            token = jax.random.categorical(key, head(output))
+            return embed(token), token  # (the next input, what to return)
+
+        prompt = jnp.array([3, 1, 4, 1, 5])
+        _, hidden = rnn.run(jax.vmap(embed)(prompt[:-1]))  # state after the prompt
+        tokens, _, _ = eqrnn.generate(
+            rnn, embed(prompt[-1]), sample, 100, hidden, key=jax.random.key(1)
+        )  # tokens[t]: the id sampled at step t, the prompt's continuation
+        ```
+
     **Arguments:**
 
     - `layer`: an `RNN` (not reversed) or a `StackedRNN` of such `RNN`s (dropout
         off, as in `StackedRNN.step`).
     - `first_input`: the first step's input, shape `(input_size,)`.
-    - `next_input`: `next_input(output, key) -> input`, the next step's input from
-        this step's output (e.g. a readout, a sample and an embedding); `key` is
-        `None` unless `key` is given, else a fresh key per step.
+    - `next_input`: `next_input(output, key)` gives the next step's input from this
+        step's output (e.g. a readout, a sample and an embedding), or the pair
+        `(input, emitted)`, where `emitted` is any pytree of arrays (the sampled
+        token id) that `generate` collects and returns in place of the inputs.
+        `key` is `None` unless `key` is given, else a fresh key per step.
     - `num_steps`: how many steps to run.
-    - `hidden`: the starting state; default `layer.init_hidden()`.
+    - `hidden`: the starting state; default `layer.init_hidden()`. To continue a
+        prompt, the final state of `layer.run` over it (see the example).
     - `key`: split into one key per step for `next_input` (and an `RNN`'s cell).
 
     **Returns:**
 
     `(inputs, outputs, hidden)`: every step's input (`inputs[0]` is
-    `first_input`), every step's output, and the final hidden state.
+    `first_input`), every step's output, and the final hidden state. Where
+    `next_input` returns `(input, emitted)`, the first element is every step's
+    `emitted` instead, stacked on a leading time axis (`emitted[t]` comes from
+    `outputs[t]`).
     """
     if not isinstance(layer, RNN | StackedRNN):
         raise TypeError(
@@ -830,10 +891,10 @@ def generate(
         raise ValueError(
             f"generate: `num_steps` must be a non-negative int, got {num_steps!r}."
         )
-    first = jnp.asarray(first_input)
+    first = _check_step_input(layer, first_input, "generate", "first_input")
     if hidden is None:
         hidden = layer.init_hidden()
-    keys = None if key is None else jr.split(key, num_steps)
+    keys = None if key is None else jr.split(check_key("generate", key), num_steps)
 
     def body(carry: Any, step_key: Any) -> tuple[Any, Any]:
         x, h = carry
@@ -845,16 +906,26 @@ def generate(
             out, h = layer.step(x, h, key=cell_key)
         else:
             out, h = layer.step(x, h)
-        new_x = jnp.asarray(next_input(out, next_key))
+        returned = next_input(out, next_key)
+        if isinstance(returned, tuple) and len(returned) == 2:
+            new_x, emitted = returned
+        elif isinstance(returned, tuple):
+            raise ValueError(
+                "generate: `next_input` must return the next input or a pair "
+                f"`(input, emitted)`, got a tuple of {len(returned)}."
+            )
+        else:
+            new_x, emitted = returned, x
+        new_x = jnp.asarray(new_x)
         if new_x.shape != x.shape or new_x.dtype != x.dtype:
             raise ValueError(
                 f"generate: `next_input` must return the next input, shape {x.shape} "
                 f"and dtype {x.dtype} like `first_input`, got shape {new_x.shape} "
                 f"and dtype {new_x.dtype}."
             )
-        return (new_x, h), (x, out)
+        return (new_x, h), (emitted, out)
 
-    (_, hidden), (inputs, outputs) = jax.lax.scan(
+    (_, hidden), (emitted, outputs) = jax.lax.scan(
         body, (first, hidden), keys, length=num_steps
     )
-    return inputs, outputs, hidden
+    return emitted, outputs, hidden

@@ -19,7 +19,14 @@ from ._cell import (
     initial_hidden,
 )
 from ._linear_cell import AbstractArrayStateLinearCell, AbstractLinearCell
-from ._misc import check_bool, check_size, gate_kernels, optional_bias, resolve_dtype
+from ._misc import (
+    check_bool,
+    check_size,
+    gate_kernels,
+    optional_bias,
+    resolve_dtype,
+    split_key,
+)
 
 
 # `(y, x)`: the output and the complex state as `[Re x; Im x]`.
@@ -138,9 +145,9 @@ class LRU(AbstractLinearCell, AbstractTupleStateCell):
             )
         if not max_phase > 0:
             raise ValueError(f"LRU: `max_phase` must be positive, got {max_phase}.")
-        dtype = resolve_dtype(dtype)
+        dtype = resolve_dtype(dtype, "LRU")
         init_dtype = _compute_dtype(dtype)
-        rkey, pkey, bkey, ckey, dkey, hkey = jr.split(key, 6)
+        rkey, pkey, bkey, ckey, dkey, hkey = split_key("LRU", key, 6)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.state_size = state_size
@@ -328,8 +335,8 @@ class RGLRU(AbstractArrayStateLinearCell):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.use_bias = check_bool("RGLRU", "use_bias", use_bias)
         self.c = c
-        dtype = resolve_dtype(dtype)
-        wkey, bkey, akey, ckey = jr.split(key, 4)
+        dtype = resolve_dtype(dtype, "RGLRU")
+        wkey, bkey, akey, ckey = split_key("RGLRU", key, 4)
         self.weight_ih = gate_kernels(
             kernel_init, wkey, input_size, hidden_size, 2, dtype
         )

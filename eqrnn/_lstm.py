@@ -4,7 +4,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
@@ -20,7 +19,13 @@ from ._cell import (
 )
 from ._custom_types import LSTMHidden
 from ._fused import laid_out, lstm_pointwise
-from ._misc import check_forget_bias, check_size, gate_kernels, with_forget_bias
+from ._misc import (
+    check_forget_bias,
+    check_size,
+    gate_kernels,
+    split_key,
+    with_forget_bias,
+)
 
 
 class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell, AbstractPointwiseCell):
@@ -117,7 +122,7 @@ class LSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell, AbstractPointwi
                 )
         self.proj_size = proj_size
         # The first four keys are those of the other cells; `weight_hr` takes a fifth.
-        ikey, hkey, bkey, ckey, rkey = jr.split(key, 5)
+        ikey, hkey, bkey, ckey, rkey = split_key("LSTMCell", key, 5)
         (
             self.input_size,
             self.hidden_size,

@@ -4,7 +4,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
@@ -19,6 +18,7 @@ from ._cell import (
 )
 from ._custom_types import HiddenArray
 from ._fused import identity, laid_out
+from ._misc import split_key
 from ._newton import AbstractNewtonCell, derivative
 
 
@@ -88,7 +88,7 @@ class MGUCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractNewtonCe
             `jax_enable_x64`).
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
-        ikey, hkey, bkey, ckey = jr.split(key, 4)
+        ikey, hkey, bkey, ckey = split_key("MGUCell", key, 4)
         (
             self.input_size,
             self.hidden_size,

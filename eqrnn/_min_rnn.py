@@ -6,7 +6,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
@@ -17,7 +16,7 @@ from ._cell import (
     input_gates,
 )
 from ._linear_cell import AbstractArrayStateLinearCell
-from ._misc import check_forget_bias, resolve_dtype, with_forget_bias
+from ._misc import check_forget_bias, resolve_dtype, split_key, with_forget_bias
 
 
 def positive_g(x: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
@@ -107,8 +106,8 @@ class MinGRU(AbstractMinCell):
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
         _check_activation("MinGRU", activation_fn)
-        dtype = resolve_dtype(dtype)
-        wkey, bkey, ckey = jr.split(key, 3)
+        dtype = resolve_dtype(dtype, "MinGRU")
+        wkey, bkey, ckey = split_key("MinGRU", key, 3)
         self.input_size, self.hidden_size, self.weight_ih, self.bias = input_gates(
             "MinGRU",
             input_size,
@@ -213,8 +212,8 @@ class MinLSTM(AbstractMinCell):
         """
         _check_activation("MinLSTM", activation_fn)
         check_forget_bias("MinLSTM", forget_bias, use_bias)
-        dtype = resolve_dtype(dtype)
-        wkey, bkey, ckey = jr.split(key, 3)
+        dtype = resolve_dtype(dtype, "MinLSTM")
+        wkey, bkey, ckey = split_key("MinLSTM", key, 3)
         input_size, hidden_size, self.weight_ih, bias = input_gates(
             "MinLSTM",
             input_size,

@@ -5,23 +5,64 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, PRNGKeyArray
 
 
+# The metadata key of a static field that says how to compute, not what (`unroll`,
+# `mode`, ...): checkpoints load across a change of it.
+SPEED_SETTING = "eqrnn_speed_setting"
+
+
+def speed_setting() -> Any:
+    """A static field that `load_checkpoint` does not compare (see SPEED_SETTING)."""
+    return eqx.field(static=True, metadata={SPEED_SETTING: True})
+
+
 def default_floating_dtype() -> Any:
     return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
 
 
-def resolve_dtype(dtype: Any) -> Any:
+def resolve_dtype(dtype: Any, where: str) -> Any:
+    """A cell's `dtype` argument: a floating dtype that JAX keeps as it is."""
     if dtype is None:
         return default_floating_dtype()
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"`dtype` must be a floating dtype, got {dtype}.")
+        raise TypeError(f"{where}: `dtype` must be a floating dtype, got {dtype}.")
+    if jax.dtypes.canonicalize_dtype(dtype) != dtype:
+        # Refused here, once: JAX would truncate every parameter to 32 bits, with a
+        # warning per array.
+        raise ValueError(
+            f"{where}: `dtype={dtype}` needs JAX's 64-bit mode, which is off, so "
+            f"JAX would truncate the parameters to 32 bits. Turn it on first with "
+            '`jax.config.update("jax_enable_x64", True)` (or the environment '
+            f"variable JAX_ENABLE_X64=1), or pass `dtype=jnp.float32`."
+        )
     return dtype
+
+
+def check_key(where: str, key: Any, name: str = "key") -> Any:
+    """A JAX random key: a typed key (`jax.random.key`) or a raw uint32 one
+    (`jax.random.PRNGKey`), not an int seed."""
+    dtype = getattr(key, "dtype", None)
+    if isinstance(key, jax.Array) and (
+        jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        or (key.dtype == jnp.uint32 and key.ndim >= 1)
+    ):
+        return key
+    raise TypeError(
+        f"{where}: `{name}` must be a JAX random key, e.g. `jax.random.key(0)`, "
+        f"got {key!r}{'' if dtype is None else f' of dtype {dtype}'}."
+    )
+
+
+def split_key(where: str, key: Any, num: int) -> Any:
+    """`jax.random.split(key, num)` of a cell's `key` argument, checked first."""
+    return jr.split(check_key(where, key), num)
 
 
 def check_size(name: str, value: Any) -> int:

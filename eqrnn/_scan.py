@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -24,7 +25,7 @@ from ._adapter import as_cell, modes_of
 from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
 from ._loop import Plan
-from ._misc import check_bool, check_same_dtype, input_shape_of
+from ._misc import check_bool, check_key, check_same_dtype, input_shape_of
 from ._newton import ScanMode, as_newton, check_scan_mode, mode_name, newton_count
 from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
 
@@ -83,8 +84,8 @@ def _check_hidden(cell: AbstractCell, hidden: Any, where: str) -> Any:
         raise ValueError(
             f"{where}: `hidden` must match the cell's hidden state, "
             f"{jax.tree.map(jnp.shape, reset_state)}, got "
-            f"{jax.tree.map(jnp.shape, hidden)}. The scan helpers see one sequence "
-            "at a time: batch with `jax.vmap`."
+            f"{jax.tree.map(jnp.shape, hidden)}."
+            + _hidden_hint(hidden, exp_shapes, where)
         )
     for leaf in jax.tree.leaves(hidden):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
@@ -93,6 +94,28 @@ def _check_hidden(cell: AbstractCell, hidden: Any, where: str) -> Any:
                 f"{jnp.result_type(leaf)}."
             )
     return hidden
+
+
+def _hidden_hint(hidden: Any, expected: list[tuple[int, ...]], where: str) -> str:
+    """What a wrong `hidden` most likely is, and its fix."""
+    got = [jnp.shape(x) for x in jax.tree.leaves(hidden)]
+    if len(got) == len(expected) and all(
+        len(g) == len(e) + 1 and g[1:] == e for g, e in zip(got, expected, strict=True)
+    ):
+        call = "layer(x, h)" if where in _LAYERS else f"eqrnn.{where}(cell, x, h)"
+        return (
+            f" {where} sees one sequence at a time: batch the states with the "
+            f"inputs, `jax.vmap(lambda x, h: {call})(inputs, hiddens)`."
+        )
+    if isinstance(hidden, int) and not isinstance(hidden, bool):
+        return (
+            " The third positional argument is `hidden`; `length` is keyword-only: "
+            f"`length={hidden}`."
+        )
+    return (
+        " Pass a state shaped like `cell.init_hidden()`, or leave `hidden` out to "
+        "start from it."
+    )
 
 
 _LAYERS = ("RNN", "Bidirectional", "StackedRNN")
@@ -159,13 +182,34 @@ def check_length(length: Any, num_steps: int, where: str) -> Array | None:
             f"{where}: `length` must be in [0, {num_steps}] (the number of time steps "
             f"in `inputs`), got {length}."
         )
-    length = jnp.asarray(length)
-    return eqx.error_if(
-        length,
-        (length < 0) | (length > num_steps),
-        f"{where}: `length` must be in [0, {num_steps}] (the number of time steps in "
-        "`inputs`).",
-    )
+    return _check_traced_length(jnp.asarray(length), num_steps, where)
+
+
+def _check_traced_length(length: Array, num_steps: int, where: str) -> Array:
+    """A traced `length` checked when the program runs: a `ValueError` naming the
+    first value outside `[0, num_steps]` and, under `jax.vmap`, its batch index."""
+
+    def raise_error(lengths: Any) -> Any:
+        lengths = np.asarray(lengths)
+        first = tuple(int(i) for i in np.argwhere(_outside(lengths))[0])
+        at = ""
+        if first:  # the callback sees the whole batch (vmap_method="expand_dims")
+            at = f" at batch index {first[0] if len(first) == 1 else first}"
+        raise LengthOutOfRangeError(
+            f"{where}: `length` must be in [0, {num_steps}] (the number of time steps "
+            f"in `inputs`), got {lengths[first]}{at}."
+        )
+
+    def fail(length: Array) -> Array:
+        shape = jax.ShapeDtypeStruct(length.shape, length.dtype)
+        return jax.pure_callback(raise_error, shape, length, vmap_method="expand_dims")
+
+    def _outside(n: Any) -> Any:
+        return (n < 0) | (n > num_steps)
+
+    # As `eqx.error_if` does: one test for the whole batch (`unvmap_any`), so the
+    # callback runs only when a value is wrong.
+    return jax.lax.cond(eqxi.unvmap_any(_outside(length)), fail, lambda n: n, length)
 
 
 def _check_resets(resets: Any, num_steps: int, where: str) -> Array | None:
@@ -266,7 +310,7 @@ def _plan(
         valid=valid,
         length=length,
         resets=resets,
-        keys=None if key is None else jr.split(key, num_steps),
+        keys=None if key is None else jr.split(check_key(where, key), num_steps),
         reverse=options.reverse,
         stack=stack or options.check_finite,
         unroll=resolve_unroll(options.unroll, num_steps if chunk is None else chunk),
@@ -308,17 +352,27 @@ def _half_precision_run(
     return jax.tree.map(lambda x: x.astype(dtype), (final, hiddens))
 
 
-class NonFiniteStateError(FloatingPointError):
+class _Report(Exception):
+    """An error raised from a callback inside the compiled program, whose message
+    is the whole report."""
+
+
+class NonFiniteStateError(_Report, FloatingPointError):
     """What `check_finite=True` raises (a `FloatingPointError`, as documented)."""
 
 
-def _not_a_nonfinite_report(record: logging.LogRecord) -> bool:
-    # JAX logs every exception a `jax.debug.callback` raises, with its traceback,
-    # before passing it on; the report raised below is the message itself.
-    return not (record.exc_info and isinstance(record.exc_info[1], NonFiniteStateError))
+class LengthOutOfRangeError(_Report, ValueError):
+    """A traced `length` outside `[0, time]`."""
 
 
-logging.getLogger("jax._src.debugging").addFilter(_not_a_nonfinite_report)
+def _not_a_report(record: logging.LogRecord) -> bool:
+    # JAX logs every exception a callback raises, with its traceback, before
+    # passing it on; a report raised here is the message itself.
+    return not (record.exc_info and isinstance(record.exc_info[1], _Report))
+
+
+logging.getLogger("jax._src.debugging").addFilter(_not_a_report)
+logging.getLogger("jax._src.callback").addFilter(_not_a_report)
 
 
 def _raise_at_first_nonfinite(

@@ -1,7 +1,9 @@
 """Helpers for variable-length sequences: padding a list of them into a batch, the
 mask of valid steps, and reductions over the valid steps only."""
 
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -35,7 +37,9 @@ def pad_sequences(
     - `sequences`: arrays with time on axis 0 and the same trailing shape and dtype.
     - `length`: the padded length; default the longest sequence's. A sequence longer
         than `length` is an error, never cut.
-    - `value`: what the padding holds (the scan helpers never read it).
+    - `value`: what the padding holds (the scan helpers never read it), a value
+        the sequences' dtype holds exactly: `value=float("nan")` or `2.7` in integer
+        sequences is an error, never rounded.
 
     **Returns:**
 
@@ -66,11 +70,38 @@ def pad_sequences(
             f"longest sequence; nothing is cut), got {length!r}. Leave it out to pad "
             "to the longest, or cut the sequences first."
         )
+    dtype = arrays[0].dtype
+    _check_pad_value(value, dtype)
     shape = (len(arrays), longest if length is None else length, *arrays[0].shape[1:])
-    batch = np.full(shape, value, arrays[0].dtype)
+    batch = np.full(shape, value, dtype)
     for i, a in enumerate(arrays):
         batch[i, : a.shape[0]] = a
     return jnp.asarray(batch), jnp.asarray(lengths, jnp.int32)
+
+
+def _check_pad_value(value: Any, dtype: np.dtype) -> None:
+    """`value` must survive the cast to `dtype` unchanged (NaN into floats does)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        kept = np.asarray(value).astype(dtype)
+    same = kept == value or (np.isnan(value) and np.isnan(kept))
+    if isinstance(value, bool | numbers.Real) and bool(same):
+        return
+    # As the user would write it: `float("nan")`, not `nan`.
+    source = (
+        f'float("{value}")' if repr(value) in ("nan", "inf", "-inf") else repr(value)
+    )
+    if np.issubdtype(dtype, np.integer):
+        fix = (
+            "Pad with an integer (e.g. `value=-1` for tokens), or make the sequences "
+            "floating point first: `eqrnn.pad_sequences([jnp.asarray(s, jnp.float32) "
+            f"for s in sequences], value={source})`."
+        )
+    else:
+        fix = f"Pass a value that {dtype} holds, or cast the sequences first."
+    raise ValueError(
+        f"pad_sequences: `value={source}` cannot be stored in the sequences' dtype "
+        f"{dtype} without changing it (it would become {kept.item()!r}). {fix}"
+    )
 
 
 def sequence_mask(length: Length, num_steps: int) -> Bool[Array, " time"]:
@@ -100,7 +131,12 @@ def sequence_mask(length: Length, num_steps: int) -> Bool[Array, " time"]:
             "sequence_mask: `num_steps` must be a non-negative int (the padded "
             f"length, e.g. `inputs.shape[0]`), got {num_steps!r}."
         )
-    checked = check_length(length, num_steps, "sequence_mask")
+    return _mask(length, num_steps, "sequence_mask")
+
+
+def _mask(length: Any, num_steps: int, where: str) -> Array:
+    """`sequence_mask`, with errors naming the public function `where`."""
+    checked = check_length(length, num_steps, where)
     assert checked is not None
     return jnp.arange(num_steps, dtype=checked.dtype) < checked
 
@@ -121,9 +157,13 @@ def masked_sum(
     `values` summed over axis 0, shape `values.shape[1:]`.
     """
     values = _with_time_axis(values, "masked_sum")
+    return _masked_sum(values, length, "masked_sum")
+
+
+def _masked_sum(values: Array, length: Any, where: str) -> Array:
     if length is None:
         return values.sum(axis=0)
-    mask = sequence_mask(length, values.shape[0])
+    mask = _mask(length, values.shape[0], where)
     mask = mask.reshape(-1, *(1,) * (values.ndim - 1))
     return jnp.where(mask, values, jnp.zeros((), values.dtype)).sum(axis=0)
 
@@ -162,7 +202,7 @@ def masked_mean(
             "cast first, e.g. `values.astype(jnp.float32)`."
         )
     count = values.shape[0] if length is None else length
-    total = masked_sum(values, length)
+    total = _masked_sum(values, length, "masked_mean")
     count = jnp.asarray(count, values.dtype)
     return total / jnp.maximum(count, jnp.ones((), values.dtype))
 

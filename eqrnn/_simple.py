@@ -3,7 +3,6 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
@@ -19,7 +18,7 @@ from ._cell import (
 )
 from ._custom_types import HiddenArray
 from ._fused import identity, laid_out
-from ._misc import check_bool
+from ._misc import check_bool, split_key
 
 
 class SimpleCell(
@@ -85,7 +84,7 @@ class SimpleCell(
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
         self.residual = check_bool("SimpleCell", "residual", residual)
-        ikey, hkey, bkey, ckey = jr.split(key, 4)
+        ikey, hkey, bkey, ckey = split_key("SimpleCell", key, 4)
         (
             self.input_size,
             self.hidden_size,

@@ -14,13 +14,15 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float, PyTree, Scalar, Shaped
+
+from ._misc import SPEED_SETTING
 
 
 def _check_chunk_length(chunk_length: Any, num_steps: int) -> int:
@@ -251,6 +253,8 @@ def shard_batch(
 # --- checkpoints -------------------------------------------------------------
 
 _MAGIC = "eqrnn-checkpoint"
+_Tree = TypeVar("_Tree")
+_PAYLOAD = "the line after this header: equinox.tree_serialise_leaves of the tree"
 
 
 def _describe(tree: PyTree) -> list[list[Any]]:
@@ -275,28 +279,35 @@ def _stable(value: Any) -> str:
     return repr(value)
 
 
-def _configuration(tree: Any, path: str = "") -> list[list[str]]:
+def _configuration(
+    tree: Any, path: str = "", *, keep_speed: bool = False
+) -> list[list[str]]:
     """`[path, description]` of every module's and named tuple's class and every
     static field: what a model's numbers depend on besides its arrays (an
-    activation function, `reverse`, an optimiser's state types)."""
+    activation function, `reverse`, an optimiser's state types). A field marked
+    `speed_setting` (`RNN.unroll`, `mode`, ...) changes how the numbers are
+    computed, not what they are: it is left out, so a checkpoint loads into a
+    model that differs only there, and the loaded model keeps `like`'s."""
     out: list[list[str]] = []
     if isinstance(tree, eqx.Module):
         out.append([path or "(root)", type(tree).__qualname__])
         for field in dataclasses.fields(tree):
             value = getattr(tree, field.name, None)
             where = f"{path}.{field.name}"
+            if field.metadata.get(SPEED_SETTING, False) and not keep_speed:
+                continue
             if field.metadata.get("static", False):
                 out.append([where, _stable(value)])
             else:
-                out += _configuration(value, where)
+                out += _configuration(value, where, keep_speed=keep_speed)
     elif isinstance(tree, tuple | list):
         if hasattr(tree, "_fields"):  # a named tuple: optax's states are
             out.append([path or "(root)", type(tree).__qualname__])
         for i, value in enumerate(tree):
-            out += _configuration(value, f"{path}[{i}]")
+            out += _configuration(value, f"{path}[{i}]", keep_speed=keep_speed)
     elif isinstance(tree, dict):
         for key in sorted(tree, key=repr):
-            out += _configuration(tree[key], f"{path}[{key!r}]")
+            out += _configuration(tree[key], f"{path}[{key!r}]", keep_speed=keep_speed)
     return out
 
 
@@ -307,22 +318,33 @@ def save_checkpoint(path: str | Path | io.IOBase, tree: PyTree) -> None:
     (classes, activation functions and other static fields) and a SHA-256 checksum
     of the arrays. No pickle.
 
+    The file is one line of JSON, the header, followed by exactly what
+    `equinox.tree_serialise_leaves` writes (typed PRNG keys as their
+    `jax.random.key_data`), so Equinox reads it once past that line: `f.readline();
+    eqx.tree_deserialise_leaves(f, like)`, though without the checks. Handed the
+    whole file, `eqx.tree_deserialise_leaves` reads the header as array data and
+    fails. Settings that change how a model computes, not what (an `RNN`'s
+    `unroll`, `checkpoint`, `mode`, `check_finite`), are not part of the
+    configuration: the checkpoint loads into a model that differs only there.
+
     Saved to a file name, the checkpoint is written to a temporary file next to it,
     flushed to disk and then renamed over `path`, so a crash or a killed process at
     any moment leaves either the previous checkpoint or the new one, never a mix.
 
     **Arguments:**
 
-    - `path`: a file name or a binary file object.
+    - `path`: a file name or a file object opened in binary mode (`"wb"`).
     - `tree`: what to save.
     """
+    _check_binary(path, "save_checkpoint", "wb")
     payload = io.BytesIO()
-    eqx.tree_serialise_leaves(payload, tree)
+    eqx.tree_serialise_leaves(payload, _keys_as_data(tree))
     data = payload.getvalue()
     header = json.dumps(
         {
             "format": _MAGIC,
-            "version": 2,
+            "version": 3,
+            "payload": _PAYLOAD,
             "leaves": _describe(tree),
             "configuration": _configuration(tree),
             "sha256": hashlib.sha256(data).hexdigest(),
@@ -351,7 +373,7 @@ def save_checkpoint(path: str | Path | io.IOBase, tree: PyTree) -> None:
             os.close(directory)
 
 
-def load_checkpoint(path: str | Path | io.IOBase, like: PyTree) -> PyTree:
+def load_checkpoint(path: str | Path | io.IOBase, like: _Tree) -> _Tree:
     """Load what `save_checkpoint` wrote into a pytree shaped like `like`.
 
     Everything is checked before anything is loaded: a checkpoint of a different
@@ -363,7 +385,7 @@ def load_checkpoint(path: str | Path | io.IOBase, like: PyTree) -> PyTree:
 
     **Arguments:**
 
-    - `path`: a file name or a binary file object.
+    - `path`: a file name or a file object opened in binary mode (`"rb"`).
     - `like`: a pytree with the structure, configuration, shapes and dtypes of what
         was saved (for instance a freshly initialised model and optimiser state).
 
@@ -374,6 +396,7 @@ def load_checkpoint(path: str | Path | io.IOBase, like: PyTree) -> PyTree:
     if isinstance(path, str | Path):
         with open(path, "rb") as f:
             return load_checkpoint(f, like)
+    _check_binary(path, "load_checkpoint", "rb")
     name = getattr(path, "name", "the checkpoint")
     try:
         header = json.loads(path.readline().decode())
@@ -392,9 +415,43 @@ def load_checkpoint(path: str | Path | io.IOBase, like: PyTree) -> PyTree:
             "match the checksum saved with them."
         )
     try:
-        return eqx.tree_deserialise_leaves(io.BytesIO(data), like)
+        loaded = eqx.tree_deserialise_leaves(io.BytesIO(data), _keys_as_data(like))
     except Exception as e:  # numpy/equinox raise several kinds on truncated data
         raise ValueError(f"load_checkpoint: {name} is corrupt or truncated: {e}") from e
+    return _data_as_keys(loaded, like)
+
+
+def _check_binary(path: Any, where: str, mode: str) -> None:
+    if isinstance(path, io.TextIOBase):
+        raise TypeError(
+            f"{where}: `path` is a file opened in text mode; a checkpoint is binary: "
+            f"open it with `open(name, {mode!r})`, or pass the file name."
+        )
+
+
+def _is_key(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and jnp.issubdtype(
+        leaf.dtype, jax.dtypes.prng_key
+    )
+
+
+def _keys_as_data(tree: Any) -> Any:
+    """Typed PRNG keys (`jax.random.key`) as their uint32 data, which
+    `tree_serialise_leaves` writes."""
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def _data_as_keys(loaded: Any, like: Any) -> Any:
+    """The keys of `like` (by their implementation) back from their loaded data."""
+    return jax.tree.map(
+        lambda x, ref: (
+            jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
+            if _is_key(ref)
+            else x
+        ),
+        loaded,
+        like,
+    )
 
 
 def _first_difference(saved: list[Any], expected: list[Any]) -> int | None:
@@ -410,6 +467,11 @@ def _check_matches(name: str, header: dict[str, Any], like: Any) -> None:
     checkpoint and `like` differ."""
     saved_leaves, leaves = header["leaves"], _describe(like)
     saved_config, config = header.get("configuration"), _configuration(like)
+    if saved_config is not None and header.get("version", 0) < 3:
+        # Written before speed settings were left out: leave them out here.
+        kept = {path for path, _ in config}
+        speed = {p for p, _ in _configuration(like, keep_speed=True)} - kept
+        saved_config = [e for e in saved_config if e[0] not in speed]
     leaf = _first_difference(saved_leaves, leaves)
     entry = None if saved_config is None else _first_difference(saved_config, config)
     if leaf is None and entry is None:

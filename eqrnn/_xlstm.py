@@ -35,6 +35,7 @@ from ._misc import (
     gate_kernels,
     optional_bias,
     resolve_dtype,
+    split_key,
     with_forget_bias,
 )
 
@@ -142,8 +143,8 @@ class SLSTMCell(AbstractStackedGatesCell, AbstractTupleStateCell):
         - `key`: a `jax.random` key for the initialisation. (Keyword only argument.)
         """
         check_forget_bias("SLSTMCell", forget_bias, use_bias)
-        dtype = resolve_dtype(dtype)
-        ikey, hkey, bkey, ckey = jr.split(key, 4)
+        dtype = resolve_dtype(dtype, "SLSTMCell")
+        ikey, hkey, bkey, ckey = split_key("SLSTMCell", key, 4)
         self.input_size, self.hidden_size, self.weight_ih, bias = input_gates(
             "SLSTMCell", input_size, hidden_size, 4, use_bias, kernel_init, bias_init,
             dtype, ikey, bkey,
@@ -307,8 +308,8 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
         self.use_bias = check_bool("MLSTMCell", "use_bias", use_bias)
         check_forget_bias("MLSTMCell", forget_bias, use_bias)
         self.eps = check_positive("MLSTMCell", "eps", eps)
-        dtype = resolve_dtype(dtype)
-        wkey, gkey, bkey, ckey = jr.split(key, 4)
+        dtype = resolve_dtype(dtype, "MLSTMCell")
+        wkey, gkey, bkey, ckey = split_key("MLSTMCell", key, 4)
         self.weight_ih = jnp.concatenate(
             [
                 gate_kernels(kernel_init, wkey, self.input_size, hs, 4, dtype),

@@ -158,16 +158,28 @@ def test_notebooks_readme_installs_jupyter_and_what_the_notebooks_import():
         assert names & installed, f"{pip_line!r} does not install {module} ({names})"
 
 
-def test_tutorial_pads_and_pools_with_the_library_helpers():
+@pytest.mark.parametrize(
+    ("name", "helpers"),
+    [
+        ("01_hidden_states", ("pad_sequences(",)),
+        (
+            "03_variable_length_and_bidirectional",
+            ("pad_sequences(", "sequence_mask", "masked_mean"),
+        ),
+        ("04_coming_from_pytorch_and_flax", ("sequence_mask",)),
+    ],
+)
+def test_tutorials_pad_and_pool_with_the_library_helpers(name, helpers):
     # A new user: notebook 03 padded with `jnp.where` and pooled with its own masked
-    # mean instead of `pad_sequences`, `sequence_mask` and `masked_mean`.
-    notebook = ROOT / "notebooks" / "03_variable_length_and_bidirectional.ipynb"
+    # mean instead of `pad_sequences`, `sequence_mask` and `masked_mean` (01 and 04
+    # built their padding and masks by hand too).
+    notebook = ROOT / "notebooks" / f"{name}.ipynb"
     code = "\n".join(
         "".join(cell["source"])
         for cell in json.loads(notebook.read_text())["cells"]
         if cell["cell_type"] == "code"
     )
-    for helper in ("pad_sequences(", "sequence_mask", "masked_mean"):
+    for helper in helpers:
         assert f"eqrnn.{helper}" in code, f"{notebook.name} does not use {helper}"
     by_hand = {
         "padding with jnp.where": r"jnp\.where\(",

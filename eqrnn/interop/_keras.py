@@ -3,8 +3,14 @@
 keras is imported only when `to_keras` is called (a layer handed to `from_keras`
 was made with keras, which is then already imported), so that `eqrnn.interop` works
 without it. Any Keras backend works: the weights travel as NumPy arrays.
+
+Keras' default backend is TensorFlow, so `import keras` fails where TensorFlow is
+not installed unless `KERAS_BACKEND` names another backend before the first import.
+`to_keras` imports keras with the JAX backend unless `KERAS_BACKEND` says otherwise.
 """
 
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +51,10 @@ def from_keras(layer: Any, *, input_shape: Sequence[int]) -> RNN:
     !!! example
 
         ```python
-        import keras  # with any backend
+        import os
+
+        os.environ.setdefault("KERAS_BACKEND", "jax")  # before the first import
+        import keras
 
         layer = keras.layers.ConvLSTM2D(8, 3, padding="same", return_sequences=True)
         layer.build((None, None, 16, 16, 3))  # or call it on a batch
@@ -147,7 +156,7 @@ def to_keras(model: RNN | ConvLSTMCell) -> Any:
     `ValueError` for a reversed `RNN`, nonlinearities other than `jnp.tanh` and
     `jax.nn.sigmoid`, or a learned starting state; `TypeError` for anything else.
     """
-    import keras
+    keras = _import_keras()
 
     rnn = model if isinstance(model, RNN) else None
     cell = model.cell if isinstance(model, RNN) else model
@@ -192,3 +201,14 @@ def to_keras(model: RNN | ConvLSTMCell) -> Any:
     for variable, value in zip(layer.trainable_variables, weights, strict=True):
         variable.assign(value)
     return layer
+
+
+def _import_keras() -> Any:
+    """`keras`, imported with the JAX backend unless `KERAS_BACKEND` names another
+    or keras is imported already (its default, TensorFlow, is rarely installed
+    beside eqrnn)."""
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+
+    return keras

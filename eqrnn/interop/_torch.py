@@ -189,6 +189,52 @@ def _from_module(torch: Any, module: Any) -> Any:
     raise TypeError(
         "from_torch: expected torch.nn.RNN, GRU, LSTM, RNNCell, GRUCell or LSTMCell "
         f"(or a state dict), got {type(module).__name__}."
+        + _submodule_hint(torch, module)
+    )
+
+
+def _submodule_hint(torch: Any, module: Any) -> str:
+    """Where a whole model keeps its recurrent modules, and how to pass one."""
+    nn = torch.nn
+    kinds = (nn.RNNBase, nn.RNNCell, nn.GRUCell, nn.LSTMCell)
+    found = [
+        (name, type(sub).__name__)
+        for name, sub in module.named_modules()
+        if name and isinstance(sub, kinds)
+    ]
+    if not found:
+        return ""
+    name, kind = found[0]
+    parts = name.split(".")
+    if all(p.isidentifier() for p in parts):
+        expr = "model." + name
+    else:
+        expr = f"model.get_submodule({name!r})"
+    more = f" (it holds {len(found)}: {', '.join(n for n, _ in found)})"
+    return (
+        f" It holds a {kind} at `{name}`: convert that one, "
+        f"`from_torch({expr})`{more if len(found) > 1 else ''}."
+    )
+
+
+def _prefix_hint(keys: Any) -> str:
+    """The prefix under which a whole model's state dict keeps an RNN's weights."""
+    prefixes = sorted(
+        {
+            k[: -len(suffix)]
+            for k in keys
+            if isinstance(k, str)
+            for suffix in ("weight_ih_l0", "weight_ih")
+            if k.endswith(suffix) and len(k) > len(suffix)
+        }
+    )
+    if not prefixes:
+        return ""
+    return (
+        f" A whole model's state dict keeps them under a prefix: pass "
+        f"`prefix={prefixes[0]!r}`"
+        + (f" (found {prefixes})" if len(prefixes) > 1 else "")
+        + ", or the submodule's own `state_dict()`."
     )
 
 
@@ -249,6 +295,7 @@ def _from_state_dict(
             "from_torch: the state dict holds neither a cell's `weight_ih` nor a "
             f"module's `weight_ih_l0`{f' under prefix {prefix!r}' if prefix else ''}; "
             f"its keys are {sorted(params)}."
+            + ("" if prefix else _prefix_hint(state_dict))
         )
     missing = [n for n in names if n not in params]
     unexpected = sorted(set(params) - set(names))
