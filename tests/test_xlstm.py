@@ -111,10 +111,17 @@ def test_mlstm_chunkwise_keeps_float32_accuracy_over_4096_steps(getkey):
     cell64, xs64 = jax.tree.map(
         lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, (cell, xs)
     )
-    exact = eqrnn.RNN(cell64, mode="sequential")(xs64)
-    for mode in ("chunked", "sequential"):
-        got = eqrnn.RNN(cell, mode=mode)(xs)
-        np.testing.assert_allclose(got, exact, atol=2e-5)
+    exact = np.asarray(eqrnn.RNN(cell64, mode="sequential")(xs64))
+    error = {
+        mode: float(np.abs(np.asarray(eqrnn.RNN(cell, mode=mode)(xs)) - exact).max())
+        for mode in ("chunked", "sequential")
+    }
+    # The recurrence's own float32 error is the yardstick (it moves with the seed
+    # and the CPU's vector units, ~1e-6 of the outputs' scale after 4096 steps):
+    # the chunkwise form stays within a small factor of it.
+    scale = float(np.abs(exact).max())
+    assert error["sequential"] < 1e-5 * scale, error
+    assert error["chunked"] < 3 * error["sequential"] + 1e-6 * scale, error
 
 
 def _adding_batch(key, batch, steps):
