@@ -24,7 +24,15 @@ from ._lru import LRU as LRU, RGLRU as RGLRU
 from ._lstm import LSTMCell as LSTMCell
 from ._mgu import MGUCell as MGUCell
 from ._min_rnn import MinGRU as MinGRU, MinLSTM as MinLSTM
-from ._newton import AbstractNewtonCell as AbstractNewtonCell, Newton as Newton
+from ._modes import (
+    AbstractMode as AbstractMode,
+    Associative as Associative,
+    Auto as Auto,
+    Chunked as Chunked,
+    Newton as Newton,
+    Sequential as Sequential,
+)
+from ._newton import AbstractNewtonCell as AbstractNewtonCell
 from ._platform import tuned_for as tuned_for
 from ._scan import (
     newton_iterations as newton_iterations,
@@ -54,10 +62,14 @@ __version__ = _metadata.version("eqrnn")
 __all__ = [
     "AbstractCell",
     "AbstractLinearCell",
+    "AbstractMode",
     "AbstractNewtonCell",
     "AbstractStepCell",
+    "Associative",
+    "Auto",
     "Bidirectional",
     "CallableCell",
+    "Chunked",
     "ConvLSTMCell",
     "GRUCell",
     "LRU",
@@ -72,6 +84,7 @@ __all__ = [
     "RGLRU",
     "RNN",
     "SLSTMCell",
+    "Sequential",
     "SimpleCell",
     "StackedRNN",
     "__version__",

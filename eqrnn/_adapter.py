@@ -13,7 +13,8 @@ from jaxtyping import Array, Float, PyTree
 
 from ._cell import AbstractCell
 from ._loop import Plan, step_loop
-from ._newton import NewtonParts, as_newton, newton_loop
+from ._modes import STEP_AUTO, STEP_MODES, AbstractMode, Newton
+from ._newton import NewtonParts, newton_loop
 
 
 class CallableCell(AbstractCell):
@@ -40,7 +41,8 @@ class CallableCell(AbstractCell):
     initial_hidden: PyTree[Float[Array, "..."]]
     input_size: int | None = eqx.field(static=True)
     hidden_size: int | None = eqx.field(static=True)
-    modes: ClassVar[tuple[str, ...]] = ("auto", "sequential", "newton")
+    modes: ClassVar[tuple[str, ...]] = STEP_MODES
+    auto_modes: ClassVar[tuple[type[AbstractMode], type[AbstractMode]]] = STEP_AUTO
 
     def __init__(
         self,
@@ -77,7 +79,7 @@ class CallableCell(AbstractCell):
     def run_sequence(
         self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
-        if as_newton(plan.mode) is not None:
+        if isinstance(plan.mode, Newton):
             return newton_loop(self.newton_parts(inputs), hidden, plan)
 
         def call(x: Array, h: Any, k: Any) -> Any:
@@ -163,3 +165,11 @@ def as_cell(cell: Any, hidden: Any, where: str) -> AbstractCell:
 def modes_of(cell: Any) -> tuple[str, ...]:
     """The `mode`s a cell (or a callable, which runs step by step) accepts."""
     return cell.modes if isinstance(cell, AbstractCell) else CallableCell.modes
+
+
+def auto_modes_of(cell: Any) -> tuple[type[AbstractMode], type[AbstractMode]]:
+    """The modes `eqrnn.Auto` runs a cell (or a callable) in on the CPU and on
+    GPU/TPU."""
+    return (
+        cell.auto_modes if isinstance(cell, AbstractCell) else CallableCell.auto_modes
+    )

@@ -24,10 +24,10 @@ from ._misc import (
     optional_bias,
     resolve_dtype,
 )
+from ._modes import STEP_AUTO, STEP_MODES, AbstractMode, Newton
 from ._newton import (
     AbstractNewtonCell,
     NewtonParts,
-    as_newton,
     newton_loop,
     pointwise_jacobians,
 )
@@ -57,9 +57,12 @@ class AbstractCell(eqx.Module):
     initial_hidden: eqx.AbstractVar[Any]
     if TYPE_CHECKING:
         modes: ClassVar[tuple[str, ...]]
+        auto_modes: ClassVar[tuple[type[AbstractMode], type[AbstractMode]]]
     else:
-        # The `mode`s of the scan helpers that this family runs in.
+        # The names of the `mode`s that this family runs in, and the modes that
+        # `eqrnn.Auto` picks for it on the CPU and on GPU/TPU.
         modes: eqx.AbstractClassVar[tuple[str, ...]]
+        auto_modes: eqx.AbstractClassVar[tuple[type[AbstractMode], type[AbstractMode]]]
 
     @abc.abstractmethod
     def project_inputs(
@@ -232,7 +235,8 @@ class AbstractStepCell(AbstractCell):
     else the input itself.
     """
 
-    modes: ClassVar[tuple[str, ...]] = ("auto", "sequential", "newton")
+    modes: ClassVar[tuple[str, ...]] = STEP_MODES
+    auto_modes: ClassVar[tuple[type[AbstractMode], type[AbstractMode]]] = STEP_AUTO
 
     @abc.abstractmethod
     def fused_step(self, hoisted: bool) -> Callable[[Array, Any], Any] | None:
@@ -253,7 +257,7 @@ class AbstractStepCell(AbstractCell):
     def run_sequence(
         self, inputs: Float[Array, " time *input_shape"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
-        if as_newton(plan.mode) is not None:
+        if isinstance(plan.mode, Newton):
             return newton_loop(self.newton_parts(inputs), hidden, plan)
         hoisted = plan.hoist
         xs = self.project_inputs(inputs) if hoisted else inputs

@@ -14,7 +14,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Shape
 from ._adapter import as_cell
 from ._custom_types import AnyHiddenLike, Inputs, Length
 from ._misc import check_key, describe_shape, input_shape_of, speed_setting
-from ._newton import ScanMode
+from ._modes import AbstractMode, ScanMode
 from ._platform import Unroll
 from ._scan import ScanOptions, check_length, check_sequence, run_scan
 
@@ -84,7 +84,7 @@ class RNN(eqx.Module):
     return_hidden: bool = eqx.field(static=True)
     unroll: Unroll = speed_setting()
     checkpoint: bool | int = speed_setting()
-    mode: ScanMode = speed_setting()
+    mode: AbstractMode = speed_setting()
     check_finite: bool = speed_setting()
 
     def __init__(
@@ -113,9 +113,10 @@ class RNN(eqx.Module):
             `jax.lax.scan`, `"auto"` (the default) for the platform's choice.
         - `checkpoint`: as in `scan_all_hidden`: recompute in the backward pass,
             memory growing as `sqrt(time)`.
-        - `mode`: as in `scan_all_hidden`: how a cell whose recurrence is linear in
-            its state (`MinGRU`, `MinLSTM`, `LRU`, `RGLRU`) runs over time,
-            `"auto"`, `"sequential"`, `"associative"` or `"chunked"`.
+        - `mode`: as in `scan_all_hidden`: how the cell runs over time, a mode
+            object (`eqrnn.Auto()`, `eqrnn.Sequential()`, `eqrnn.Associative()`,
+            `eqrnn.Chunked()`, `eqrnn.Newton(...)`) or its name; kept as the
+            object (`rnn.mode`).
         - `check_finite`: as in `scan_all_hidden`: raise, naming the step, when a
             hidden state becomes NaN or inf (a debugging aid).
         """
@@ -130,16 +131,15 @@ class RNN(eqx.Module):
                 + "; to stack layers, `eqrnn.StackedRNN([...])`."
             )
         _check_static("RNN", keep_order=keep_order, return_hidden=return_hidden)
-        ScanOptions("RNN", reverse, unroll, checkpoint, mode, check_finite).check_cell(
-            cell
-        )
+        options = ScanOptions("RNN", reverse, unroll, checkpoint, mode, check_finite)
+        options.check_cell(cell)
         self.cell = cell
         self.reverse = reverse
         self.keep_order = keep_order
         self.return_hidden = return_hidden
         self.unroll = unroll
         self.checkpoint = checkpoint
-        self.mode = mode
+        self.mode = options.mode
         self.check_finite = check_finite
 
     def run(

@@ -10,14 +10,13 @@ from jaxtyping import Array, Float
 
 from ._cell import AbstractArrayStateCell, AbstractCell
 from ._linear_scan import (
-    MODES,
     Coefficients,
     linear_scan_final,
     mask_coefficients,
     mul_add,
-    resolve_mode,
 )
 from ._loop import Plan, in_chunks, tree_where
+from ._modes import LINEAR_AUTO, PARALLEL_MODES, AbstractMode, Sequential
 
 
 class AbstractLinearCell(AbstractCell):
@@ -46,7 +45,8 @@ class AbstractLinearCell(AbstractCell):
     sequence backends are tested against.
     """
 
-    modes: ClassVar[tuple[str, ...]] = MODES
+    modes: ClassVar[tuple[str, ...]] = PARALLEL_MODES
+    auto_modes: ClassVar[tuple[type[AbstractMode], type[AbstractMode]]] = LINEAR_AUTO
 
     @abc.abstractmethod
     def linear_coefficients(
@@ -105,8 +105,8 @@ class AbstractLinearCell(AbstractCell):
         # coefficients, and the engine carries the linear state rather than the
         # hidden state (they differ for `LRU`, whose hidden state holds its output).
         reset_linear = self.linear_state(self.init_hidden())
-        mode = resolve_mode(plan.mode)
-        if plan.chunk == 3 and mode != "sequential":
+        mode = plan.mode
+        if plan.chunk == 3 and not isinstance(mode, Sequential):
             # XLA's CPU backend (jax 0.10.2) crashes at run time on chunks of 3 in
             # the gradient of `LRU`, reversed, with resets; 4 gives the same numbers.
             plan = dataclasses.replace(plan, chunk=4)

@@ -27,11 +27,27 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Inexact
 
-from ._platform import Unroll, auto_mode, check_unroll, resolve_unroll
+from ._modes import (
+    PARALLEL_MODES,
+    AbstractMode,
+    Associative,
+    Auto,
+    Chunked,
+    Sequential,
+    as_mode,
+    linear_engine,
+)
+from ._platform import Unroll, check_unroll, resolve_unroll
 
 
-Mode: TypeAlias = Literal["auto", "sequential", "associative", "chunked"]
-MODES: tuple[str, ...] = ("auto", "sequential", "associative", "chunked")
+# `linear_scan`'s `mode`: a mode object or its name.
+Mode: TypeAlias = (
+    Literal["auto", "sequential", "associative", "chunked"]
+    | Auto
+    | Sequential
+    | Associative
+    | Chunked
+)
 DEFAULT_CHUNK_SIZE = 64
 
 # A coefficient or state: a real or complex array, or an `(re, im)` pair of real
@@ -114,19 +130,6 @@ def mask_coefficients(
         a = _tree_where_time(valid, a, one)
         b = _tree_where_time(valid, b, zero)
     return a, b
-
-
-def check_mode(mode: Any, where: str) -> None:
-    if not isinstance(mode, str) or mode not in MODES:
-        raise ValueError(
-            f"{where}: `mode` must be one of 'auto', 'sequential', 'associative' or "
-            f"'chunked', got {mode!r}."
-        )
-
-
-def resolve_mode(mode: str) -> str:
-    """The backend that `mode="auto"` stands for on the current platform."""
-    return auto_mode() if mode == "auto" else mode
 
 
 def _leading(x: Any) -> int:
@@ -226,7 +229,7 @@ def _run(
     a: Any,
     b: Any,
     h0: Any | None,
-    mode: str,
+    mode: AbstractMode,
     reverse: bool,
     unroll: int | bool,
     chunk_size: int,
@@ -234,13 +237,13 @@ def _run(
 ) -> tuple[Any, Any]:
     """`(final, hs)` by the backend `mode`; `h0=None` starts from zero (which the
     associative backend needs no offset for)."""
-    if mode == "associative":
+    if isinstance(mode, Associative):
         return _associative(a, b, h0, reverse, stack)
     if h0 is None:
         h0 = jax.tree.map(lambda x: jnp.zeros_like(x[0]), b)
-    if mode == "sequential":
+    if isinstance(mode, Sequential):
         return _sequential(a, b, h0, reverse, unroll, stack)
-    assert mode == "chunked", mode
+    assert isinstance(mode, Chunked), mode
     return _chunked(a, b, h0, reverse, unroll, stack, chunk_size)
 
 
@@ -356,18 +359,19 @@ def linear_scan_final(
     b: Any,
     h0: Any,
     *,
-    mode: str,
+    mode: AbstractMode,
     reverse: bool,
     unroll: int | bool = 1,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     stack: bool = True,
 ) -> tuple[Any, Any]:
-    """`(final, hs)` of the recurrence, `hs` only if `stack`; `mode` already resolved.
+    """`(final, hs)` of the recurrence, `hs` only if `stack`; `mode` a concrete
+    engine (`Sequential`, `Associative` or `Chunked`), not `Auto`.
     `final` is the state after the last step (after step 0 when `reverse`)."""
     if _leading(a) == 0:
         return h0, (jax.tree.map(jnp.asarray, b) if stack else None)
     options = (mode, reverse, unroll, chunk_size)
-    if mode != "sequential":
+    if not isinstance(mode, Sequential):
         final, hs = _parallel_stacked(a, b, h0, options)
         return final, (hs if stack else None)
     if stack:
@@ -448,10 +452,12 @@ def linear_scan(
     - `b`: the additive terms, with the structure and shape of `a`.
     - `h0`: the state before the first step, shape `state` (or an `(re, im)` pair);
         default zeros.
-    - `mode`: the backend: `"sequential"` (a `jax.lax.scan`, one step at a time),
-        `"associative"` (`jax.lax.associative_scan`, depth `log2(time)`),
-        `"chunked"` (associative within chunks of `chunk_size` steps, sequential
-        across them), or `"auto"`: sequential on CPU, associative elsewhere.
+    - `mode`: the backend: `eqrnn.Sequential()` (a `jax.lax.scan`, one step at a
+        time), `eqrnn.Associative()` (`jax.lax.associative_scan`, depth
+        `log2(time)`), `eqrnn.Chunked()` (associative within chunks of `chunk_size`
+        steps, sequential across them), or `eqrnn.Auto()`: sequential on CPU,
+        associative elsewhere; or their names, `"sequential"`, `"associative"`,
+        `"chunked"`, `"auto"`.
     - `reverse`: run from the last step to the first.
     - `unroll`: steps unrolled per iteration of the sequential scans (the whole
         `"sequential"` backend, the scan across chunks of `"chunked"`): a positive
@@ -470,7 +476,7 @@ def linear_scan(
     The state after every step, stacked on axis 0: the structure and shape of `b`.
     `hs[-1]` is the final state (`hs[0]` when `reverse=True`).
     """
-    check_mode(mode, "linear_scan")
+    engine = as_mode(mode, "linear_scan", PARALLEL_MODES)
     if not isinstance(reverse, bool):
         raise TypeError(f"linear_scan: `reverse` must be a bool, got {reverse!r}.")
     check_unroll(unroll, "linear_scan")
@@ -512,7 +518,7 @@ def linear_scan(
         a,
         b,
         h0,
-        mode=resolve_mode(mode),
+        mode=linear_engine() if isinstance(engine, Auto) else engine,
         reverse=reverse,
         unroll=resolve_unroll(unroll, _leading(a)),
         chunk_size=chunk_size,

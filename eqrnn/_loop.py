@@ -22,8 +22,8 @@ class Plan(eqx.Module):
     - `reverse`, `stack`: run backwards; return every step's state too.
     - `unroll`: steps per `jax.lax.scan` iteration (resolved for the platform).
     - `chunk`: steps per checkpointed chunk, or `None`.
-    - `mode`: how a cell that runs in parallel over time runs (`"auto"` is left
-      for the cell's family to resolve), a name or an `eqrnn.Newton`.
+    - `mode`: the concrete mode object that runs the loop (`eqrnn.Auto` already
+      resolved for the cell and platform).
     - `hoist`: whether a step-by-step cell projects every input before the loop.
     - `where`: the public function, for error messages.
     """

@@ -20,21 +20,19 @@ products are exact as well.
 """
 
 import abc
-import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._linear_scan import DEFAULT_CHUNK_SIZE, MODES, _run
-from ._platform import auto_mode
+from ._linear_scan import DEFAULT_CHUNK_SIZE, _run
+from ._modes import Newton, Sequential, linear_engine
 
 
-LINEARISATIONS = ("auto", "full", "blocks", "diagonal")
 # `linearisation="auto"` takes the full Jacobian up to this many state entries
 # (an associative scan over n x n matrices, O(time n^3) work), else blocks.
 AUTO_FULL_SIZE = 32
@@ -42,133 +40,6 @@ AUTO_FULL_SIZE = 32
 # residual that has stopped falling counts as converged (see `_iterate`).
 TOL_EPS = 2
 STALL = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class Newton:
-    """`mode=eqrnn.Newton(...)`: evaluate a step-by-step cell in parallel over time
-    by Newton's method; `mode="newton"` is `Newton()`.
-
-    !!! example
-
-        ```python
-        cell = eqrnn.GRUCell(3, 8, key=jax.random.key(0))
-        x = jnp.ones((500, 3))
-        hs = eqrnn.scan_all_hidden(cell, x, mode=eqrnn.Newton("diagonal"))
-        ```
-
-    **Fields:**
-
-    - `linearisation`: what each iteration keeps of the step's Jacobian
-        $\\partial h_t / \\partial h_{t-1}$:
-        - `"full"`: all of it (DEER; from `jax.jacfwd` of the step): the fewest
-          iterations, O(time n^3) work and O(time n^2) memory for a state of
-          n entries;
-        - `"blocks"`: per unit, the block between the arrays of the state (2x2 for
-          `LSTMCell`'s `(h_j, c_j)`; the diagonal for one-array states);
-        - `"diagonal"`: its diagonal (quasi-DEER): O(time n), more iterations;
-        - `"auto"`: `"full"` up to 32 state entries, else `"blocks"`.
-
-        The built-in `SimpleCell`, `GRUCell`, `LSTMCell` (without `proj_size`) and
-        `MGUCell` provide blocks and diagonals analytically; other cells (and
-        yours, unless it subclasses `eqrnn.AbstractNewtonCell`) take `"full"`.
-    - `max_iterations`: the most iterations of the forward pass and of each
-        linear solve of the backward pass. `None` (the default) is the sequence
-        length, which is always exact: iteration $k$ makes the first $k$ states
-        exact. A smaller cap that is reached before the tolerance raises (an
-        `eqx.error_if`, inside `jax.jit` a `JaxRuntimeError`): the result is never
-        silently inexact.
-    - `tol`: the tolerance on the residual $\\max_t |h_t - f(x_t, h_{t-1})|$,
-        relative to $\\max(1, \\max_t |h_t|)$; `None` is twice the dtype's
-        epsilon. A residual that stops falling within 64 times the tolerance has
-        reached rounding's floor and counts as converged too.
-    - `damping`: divide the linearisation by `1 + damping` (a trust region in
-        the spirit of ELK): `0` is Newton's method, large values approach
-        Picard's iteration (`A_t = 0`), which never amplifies a correction but
-        makes only one more step exact per iteration. For dynamics where the
-        corrections overflow. Any damping keeps the exactness after `time`
-        iterations.
-
-    Memory: the backward pass keeps every step's state and the step's
-    linearisation at it, as the sequential scan keeps its residuals, and the
-    iterations hold a few more `(time, n)` buffers: XLA planned 88 MiB against
-    the sequential scan's 36 MiB (`GRUCell`, 8 sequences of 2048 steps, I=H=64,
-    forward and backward, diagonal), 824 MiB with the full Jacobian. `checkpoint`
-    does not lower it (every state is needed by the method itself).
-
-    Newton pays when a step is cheap next to its launch overhead (an accelerator,
-    long sequences, modest hidden sizes) and the dynamics forget quickly. On a CPU
-    it is slower than the step-by-step scan, and `mode="auto"` never picks it. Cells
-    whose dynamics amplify perturbations (large recurrent weights, chaotic
-    regimes) need many iterations, up to the sequence length: then every iteration
-    costs a parallel pass and the result is still exact, but slow.
-    `eqrnn.newton_iterations` tells how many a given input takes.
-    """
-
-    linearisation: str = "auto"
-    max_iterations: int | None = None
-    tol: float | None = None
-    damping: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.linearisation not in LINEARISATIONS:
-            raise ValueError(
-                "Newton: `linearisation` must be one of 'auto', 'full', 'blocks' or "
-                f"'diagonal', got {self.linearisation!r}."
-            )
-        cap = self.max_iterations
-        if cap is not None and (
-            isinstance(cap, bool) or not isinstance(cap, int) or cap < 1
-        ):
-            raise ValueError(
-                "Newton: `max_iterations` must be a positive int or None (the "
-                f"sequence length, always exact), got {cap!r}."
-            )
-        damping = self.damping
-        if (
-            isinstance(damping, bool)
-            or not isinstance(damping, (int, float))
-            or not damping >= 0
-        ):
-            raise ValueError(
-                "Newton: `damping` must be a float >= 0 (0: Newton's method), got "
-                f"{damping!r}."
-            )
-        tol = self.tol
-        if tol is not None and (
-            isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0
-        ):
-            raise ValueError(
-                f"Newton: `tol` must be a positive float or None, got {tol!r}."
-            )
-
-
-# The `mode` of the scan helpers and layers.
-ScanMode: TypeAlias = (
-    Literal["auto", "sequential", "associative", "chunked", "newton"] | Newton
-)
-
-
-def check_scan_mode(mode: Any, where: str) -> None:
-    if isinstance(mode, Newton):
-        return
-    if not isinstance(mode, str) or mode not in (*MODES, "newton"):
-        raise ValueError(
-            f"{where}: `mode` must be one of 'auto', 'sequential', 'associative', "
-            f"'chunked', 'newton' or an `eqrnn.Newton(...)`, got {mode!r}."
-        )
-
-
-def mode_name(mode: Any) -> str:
-    """`mode` as one of the names in a cell's `modes`."""
-    return "newton" if isinstance(mode, Newton) else mode
-
-
-def as_newton(mode: Any) -> Newton | None:
-    """The `Newton` that `mode` stands for, or `None` for the other modes."""
-    if isinstance(mode, Newton):
-        return mode
-    return Newton() if mode == "newton" else None
 
 
 class AbstractNewtonCell(eqx.Module):
@@ -287,7 +158,7 @@ class _Coefficients(eqx.Module):
 
     def solve(self, r: Array, transpose: bool = False) -> Array:
         kind, a = self.kind, self.a
-        mode = auto_mode()
+        mode = linear_engine()
         if kind == "diagonal":
             if transpose:
                 a = _shift_back(a)
@@ -310,9 +181,9 @@ def _matvec(a: Array, v: Array) -> Array:
     return jnp.einsum("...ij,...j->...i", a, v)
 
 
-def _matrix_scan(a: Array, b: Array, reverse: bool, mode: str) -> Array:
+def _matrix_scan(a: Array, b: Array, reverse: bool, mode: Any) -> Array:
     """`h_t = a_t @ h_{t-1} + b_t` from zero, for batches of small matrices."""
-    if mode == "sequential":
+    if isinstance(mode, Sequential):
 
         def body(h: Array, ab: tuple[Array, Array]) -> tuple[Array, Array]:
             h = _matvec(ab[0], h) + ab[1]
@@ -636,8 +507,8 @@ def _prepare(
 ) -> tuple[_System, Any, Array, str, Newton]:
     """The system of one sequence in the order it runs (flipped for `reverse`),
     its flattened starting state, the linearisation and the `Newton` options."""
-    newton = as_newton(plan.mode)
-    assert newton is not None
+    newton = plan.mode
+    assert isinstance(newton, Newton), newton
     leaves = jax.tree.leaves(hidden)
     for leaf in leaves:
         if not jnp.issubdtype(leaf.dtype, jnp.floating):

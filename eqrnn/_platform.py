@@ -3,7 +3,7 @@
 The scan helpers make three choices by platform when a function is traced: whether
 a step-by-step cell's input projection is made for every step in one matmul before
 the loop (`hoists_projection`), how many steps `jax.lax.scan` unrolls
-(`auto_unroll`), and which engine runs a linear cell (`auto_mode`). The numbers
+(`auto_unroll`), and which mode runs a cell (`eqrnn.Auto`, in `_modes.py`). The numbers
 behind each are in BENCHMARKS.md.
 """
 
@@ -89,13 +89,6 @@ def auto_unroll(num_steps: int) -> int:
     if platform() == "cpu":
         return 1
     return max(1, min(num_steps, 8 if num_steps < 1024 else 16))
-
-
-def auto_mode() -> str:
-    """The linear-scan engine `mode="auto"` picks: the sequential scan on the CPU,
-    where the work is memory-bound and each coefficient is read once; the
-    associative scan, of depth `log2(time)`, on GPU and TPU."""
-    return "sequential" if platform() == "cpu" else "associative"
 
 
 def check_unroll(unroll: Any, where: str) -> None:

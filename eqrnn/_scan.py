@@ -26,7 +26,8 @@ from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
 from ._loop import Plan
 from ._misc import check_bool, check_key, check_same_dtype, input_shape_of
-from ._newton import ScanMode, as_newton, check_scan_mode, mode_name, newton_count
+from ._modes import Auto, Newton, ScanMode, as_mode
+from ._newton import newton_count
 from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
 
 
@@ -39,7 +40,8 @@ class ScanOptions:
     reverse: bool = False
     unroll: Unroll = "auto"
     checkpoint: bool | int = False
-    mode: ScanMode = "auto"
+    # A `ScanMode`, its mode object after `__post_init__`.
+    mode: Any = "auto"
     check_finite: bool = False
 
     def __post_init__(self) -> None:
@@ -48,22 +50,23 @@ class ScanOptions:
         check_bool(where, "check_finite", self.check_finite)
         check_unroll(self.unroll, where)
         chunk_length(self.checkpoint, 1, where)
-        check_scan_mode(self.mode, where)
+        # The public edge: a name becomes its mode object here, once.
+        object.__setattr__(self, "mode", as_mode(self.mode, where))
 
     def check_cell(self, cell: Any) -> None:
         """That `cell` runs in `mode`."""
-        name = mode_name(self.mode)
+        name = self.mode.name
         if name in modes_of(cell):
             return
         cell_name = type(cell).__name__
-        if name == "newton":
+        if isinstance(self.mode, Newton):
             raise ValueError(
                 f"{self.where}: `mode='newton'` runs a cell that steps one step after "
                 f"another in parallel over time; {cell_name} runs in parallel "
                 "already: use mode='auto', 'associative' or 'chunked'."
             )
         raise ValueError(
-            f"{self.where}: `mode={self.mode!r}` needs a cell whose recurrence is "
+            f"{self.where}: `mode={name!r}` needs a cell whose recurrence is "
             "linear in its state (an `eqrnn.AbstractLinearCell` such as `MinGRU`, "
             f"`MinLSTM`, `LRU` or `RGLRU`); {cell_name} is not, and runs one step "
             "at a time: use mode='auto', 'sequential', or 'newton' to run it in "
@@ -315,7 +318,10 @@ def _plan(
         stack=stack or options.check_finite,
         unroll=resolve_unroll(options.unroll, num_steps if chunk is None else chunk),
         chunk=chunk,
-        mode=options.mode,
+        # `Auto` made concrete for this cell and platform, at trace time.
+        mode=options.mode.select(cell)
+        if isinstance(options.mode, Auto)
+        else options.mode,
         hoist=hoists_projection(),
         where=where,
     )
@@ -468,20 +474,22 @@ def scan_last(
         `mode="newton"` holds every state and ignores it.
     - `key`: a `jax.random` key, split into one key per step and passed to the cell
         as `key=`. For stochastic cells; the built-in cells ignore it.
-    - `mode`: how a cell whose recurrence is linear in its state (`MinGRU`,
-        `MinLSTM`, `LRU`, `RGLRU`, any `eqrnn.AbstractLinearCell`) is run over
-        time: `"sequential"` (a `jax.lax.scan` over its coefficients),
-        `"associative"` (`jax.lax.associative_scan`, depth `log2(time)`),
-        `"chunked"` (associative within chunks, sequential across them) or `"auto"`
-        (sequential on CPU, associative on GPU and TPU); see `eqrnn.linear_scan`.
-        Every mode gives the step-by-step results up to rounding, and each can be
-        differentiated in forward and reverse mode. `MLSTMCell` takes every
-        mode too (`"chunked"` and `"auto"` are its chunkwise form, see its
-        docstring). The step-by-step cells (`GRUCell`, `LSTMCell`, ..., Equinox's,
-        your callables) take `"auto"` and `"sequential"` (one step after another)
-        and `"newton"` or `eqrnn.Newton(...)`: every step at once by Newton's
-        method, iterated until exact to rounding, gradients too; for long
-        sequences on an accelerator (see `eqrnn.Newton`).
+    - `mode`: the strategy that runs the time loop, a mode object or its name
+        (`"auto"`, `"sequential"`, `"associative"`, `"chunked"`, `"newton"`). A
+        cell whose recurrence is linear in its state (`MinGRU`, `MinLSTM`, `LRU`,
+        `RGLRU`, any `eqrnn.AbstractLinearCell`) runs in `eqrnn.Sequential()` (a
+        `jax.lax.scan` over its coefficients), `eqrnn.Associative()`
+        (`jax.lax.associative_scan`, depth `log2(time)`) or `eqrnn.Chunked()`
+        (associative within chunks, sequential across them); see
+        `eqrnn.linear_scan`. Every mode gives the step-by-step results up to
+        rounding, and each can be differentiated in forward and reverse mode.
+        `MLSTMCell` takes every one of them too (`Chunked` is its chunkwise form,
+        see its docstring). The step-by-step cells (`GRUCell`, `LSTMCell`, ...,
+        Equinox's, your callables) take `eqrnn.Sequential()` (one step after
+        another) and `eqrnn.Newton(...)`: every step at once by Newton's method,
+        iterated until exact to rounding, gradients too; for long sequences on an
+        accelerator. `eqrnn.Auto()` (the default) picks for the cell and the
+        platform, and `eqrnn.Auto().select(cell)` says what it picks.
     - `check_finite`: a debugging aid. Raise `FloatingPointError` (inside `jax.jit`,
         a `JaxRuntimeError` carrying its message) naming the first step whose hidden
         state is NaN or inf, and whether that step's input already was. Off by
@@ -564,20 +572,22 @@ def scan_all_hidden(
         `mode="newton"` holds every state and ignores it.
     - `key`: a `jax.random` key, split into one key per step and passed to the cell
         as `key=`. For stochastic cells; the built-in cells ignore it.
-    - `mode`: how a cell whose recurrence is linear in its state (`MinGRU`,
-        `MinLSTM`, `LRU`, `RGLRU`, any `eqrnn.AbstractLinearCell`) is run over
-        time: `"sequential"` (a `jax.lax.scan` over its coefficients),
-        `"associative"` (`jax.lax.associative_scan`, depth `log2(time)`),
-        `"chunked"` (associative within chunks, sequential across them) or `"auto"`
-        (sequential on CPU, associative on GPU and TPU); see `eqrnn.linear_scan`.
-        Every mode gives the step-by-step results up to rounding, and each can be
-        differentiated in forward and reverse mode. `MLSTMCell` takes every
-        mode too (`"chunked"` and `"auto"` are its chunkwise form, see its
-        docstring). The step-by-step cells (`GRUCell`, `LSTMCell`, ..., Equinox's,
-        your callables) take `"auto"` and `"sequential"` (one step after another)
-        and `"newton"` or `eqrnn.Newton(...)`: every step at once by Newton's
-        method, iterated until exact to rounding, gradients too; for long
-        sequences on an accelerator (see `eqrnn.Newton`).
+    - `mode`: the strategy that runs the time loop, a mode object or its name
+        (`"auto"`, `"sequential"`, `"associative"`, `"chunked"`, `"newton"`). A
+        cell whose recurrence is linear in its state (`MinGRU`, `MinLSTM`, `LRU`,
+        `RGLRU`, any `eqrnn.AbstractLinearCell`) runs in `eqrnn.Sequential()` (a
+        `jax.lax.scan` over its coefficients), `eqrnn.Associative()`
+        (`jax.lax.associative_scan`, depth `log2(time)`) or `eqrnn.Chunked()`
+        (associative within chunks, sequential across them); see
+        `eqrnn.linear_scan`. Every mode gives the step-by-step results up to
+        rounding, and each can be differentiated in forward and reverse mode.
+        `MLSTMCell` takes every one of them too (`Chunked` is its chunkwise form,
+        see its docstring). The step-by-step cells (`GRUCell`, `LSTMCell`, ...,
+        Equinox's, your callables) take `eqrnn.Sequential()` (one step after
+        another) and `eqrnn.Newton(...)`: every step at once by Newton's method,
+        iterated until exact to rounding, gradients too; for long sequences on an
+        accelerator. `eqrnn.Auto()` (the default) picks for the cell and the
+        platform, and `eqrnn.Auto().select(cell)` says what it picks.
     - `check_finite`: a debugging aid. Raise `FloatingPointError` (inside `jax.jit`,
         a `JaxRuntimeError` carrying its message) naming the first step whose hidden
         state is NaN or inf, and whether that step's input already was. Off by
@@ -646,7 +656,9 @@ def newton_iterations(
     `max_iterations` (default the sequence length).
     """
     where = "newton_iterations"
-    if as_newton(mode) is None:
+    if not isinstance(mode, Newton) and not (
+        isinstance(mode, str) and mode == Newton.name
+    ):
         raise ValueError(
             f"{where}: `mode` must be 'newton' or an `eqrnn.Newton(...)`, got {mode!r}."
         )

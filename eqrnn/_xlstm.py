@@ -22,7 +22,6 @@ from ._cell import (
     input_gates,
 )
 from ._linear_scan import (
-    MODES,
     linear_scan_final,
     mask_coefficients,
 )
@@ -37,6 +36,14 @@ from ._misc import (
     resolve_dtype,
     split_key,
     with_forget_bias,
+)
+from ._modes import (
+    CHUNK_AUTO,
+    PARALLEL_MODES,
+    AbstractMode,
+    Associative,
+    Chunked,
+    Sequential,
 )
 
 
@@ -236,15 +243,15 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
     `weight_ih` is `(4 * hidden_size + 2 * num_heads, input_size)`, stacked in the
     order q, k, v, o, i, f. The scan helpers' `mode` picks the form:
 
-    - `"chunked"` (and `"auto"`): the chunkwise-parallel form. Within blocks of 32
-        steps each output is a masked, stabilised attention over the block plus the
-        memory carried into it, and one `jax.lax.scan` step carries the memory
-        from block to block. Each step's memory `C` is formed only where the
-        stacked hidden states are used (an `RNN` layer uses `h` alone).
-    - `"associative"`: the stabilisers by a parallel max-plus scan and every
+    - `eqrnn.Chunked()` (and `eqrnn.Auto()`): the chunkwise-parallel form. Within
+        blocks of 32 steps each output is a masked, stabilised attention over the
+        block plus the memory carried into it, and one `jax.lax.scan` step carries
+        the memory from block to block. Each step's memory `C` is formed only
+        where the stacked hidden states are used (an `RNN` layer uses `h` alone).
+    - `eqrnn.Associative()`: the stabilisers by a parallel max-plus scan and every
         step's memory by `eqrnn.linear_scan`, of depth `log2(time)`; it keeps
         every step's `C` (`time * hidden_size * head_size` numbers).
-    - `"sequential"`: the recurrent form, one step after another.
+    - `eqrnn.Sequential()`: the recurrent form, one step after another.
 
     All three give the same numbers to rounding.
 
@@ -264,7 +271,8 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
     num_heads: int = eqx.field(static=True)
     use_bias: bool = eqx.field(static=True)
     eps: float = eqx.field(static=True)
-    modes: ClassVar[tuple[str, ...]] = MODES
+    modes: ClassVar[tuple[str, ...]] = PARALLEL_MODES
+    auto_modes: ClassVar[tuple[type[AbstractMode], type[AbstractMode]]] = CHUNK_AUTO
 
     def __init__(
         self,
@@ -368,14 +376,13 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
     def run_sequence(
         self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
     ) -> tuple[Any, Any]:
-        # "auto": the chunkwise form (see the class docstring).
-        mode = "chunked" if plan.mode == "auto" else plan.mode
-        if mode == "sequential":
+        mode = plan.mode
+        if isinstance(mode, Sequential):
             xs = self.project_inputs(inputs)
             return step_loop(
                 lambda x, h, k: self.step(x, h), xs, hidden, self.init_hidden(), plan
             )
-        run = self._chunkwise if mode == "chunked" else self._associative
+        run = self._chunkwise if isinstance(mode, Chunked) else self._associative
         return in_chunks(run(plan), hidden, inputs, plan)
 
     def _chunkwise(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
@@ -489,7 +496,7 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
                 a,
                 b,
                 flat(memory0, norm0),
-                mode="associative",
+                mode=Associative(),
                 reverse=reverse,
                 unroll=plan.unroll,
                 stack=plan.stack,

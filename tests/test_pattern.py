@@ -36,8 +36,13 @@ def test_the_walk_finds_the_cells():
 
 def test_abstract_classes_are_named_abstract_and_concrete_ones_are_final():
     for cls in CLASSES:
-        abstract = bool(getattr(cls, "__abstractmethods__", ())) or bool(
-            getattr(cls, "__abstractvars__", ())
+        abstract = any(
+            getattr(cls, name, ())
+            for name in (
+                "__abstractmethods__",
+                "__abstractvars__",
+                "__abstractclassvars__",
+            )
         )
         assert abstract == cls.__name__.startswith("Abstract"), cls
         if not abstract:

@@ -289,7 +289,7 @@ def test_a_checkpoint_loads_into_a_model_differing_only_in_speed_settings(tmp_pa
         check_finite=True,
     )
     loaded = eqrnn.load_checkpoint(path, like)
-    assert loaded.unroll == 4 and loaded.mode == "newton"  # `like`'s settings
+    assert loaded.unroll == 4 and loaded.mode == eqrnn.Newton()  # `like`'s settings
     _assert_same_arrays(loaded.cell, cell)
     # What the numbers depend on is still compared.
     with pytest.raises(ValueError, match="reverse"):
