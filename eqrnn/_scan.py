@@ -474,22 +474,9 @@ def scan_last(
         `mode="newton"` holds every state and ignores it.
     - `key`: a `jax.random` key, split into one key per step and passed to the cell
         as `key=`. For stochastic cells; the built-in cells ignore it.
-    - `mode`: the strategy that runs the time loop, a mode object or its name
-        (`"auto"`, `"sequential"`, `"associative"`, `"chunked"`, `"newton"`). A
-        cell whose recurrence is linear in its state (`MinGRU`, `MinLSTM`, `LRU`,
-        `RGLRU`, any `eqrnn.AbstractLinearCell`) runs in `eqrnn.Sequential()` (a
-        `jax.lax.scan` over its coefficients), `eqrnn.Associative()`
-        (`jax.lax.associative_scan`, depth `log2(time)`) or `eqrnn.Chunked()`
-        (associative within chunks, sequential across them); see
-        `eqrnn.linear_scan`. Every mode gives the step-by-step results up to
-        rounding, and each can be differentiated in forward and reverse mode.
-        `MLSTMCell` takes every one of them too (`Chunked` is its chunkwise form,
-        see its docstring). The step-by-step cells (`GRUCell`, `LSTMCell`, ...,
-        Equinox's, your callables) take `eqrnn.Sequential()` (one step after
-        another) and `eqrnn.Newton(...)`: every step at once by Newton's method,
-        iterated until exact to rounding, gradients too; for long sequences on an
-        accelerator. `eqrnn.Auto()` (the default) picks for the cell and the
-        platform, and `eqrnn.Auto().select(cell)` says what it picks.
+    - `mode`: the strategy that runs the time loop, a mode object or its name,
+        as in `scan_all_hidden`; `eqrnn.Auto()` (the default) picks for the cell
+        and the platform, and `eqrnn.Auto().select(cell)` says what it picks.
     - `check_finite`: a debugging aid. Raise `FloatingPointError` (inside `jax.jit`,
         a `JaxRuntimeError` carrying its message) naming the first step whose hidden
         state is NaN or inf, and whether that step's input already was. Off by
