@@ -4,7 +4,11 @@ import importlib.metadata as _metadata
 
 from . import interop as interop
 from ._adapter import CallableCell as CallableCell
-from ._cell import AbstractCell as AbstractCell, AbstractStepCell as AbstractStepCell
+from ._cell import (
+    AbstractCell as AbstractCell,
+    AbstractNewtonCell as AbstractNewtonCell,
+    AbstractStepCell as AbstractStepCell,
+)
 from ._conv_lstm import ConvLSTMCell as ConvLSTMCell
 from ._gru import GRUCell as GRUCell
 from ._layer_norm import (
@@ -32,7 +36,6 @@ from ._modes import (
     Newton as Newton,
     Sequential as Sequential,
 )
-from ._newton import AbstractNewtonCell as AbstractNewtonCell
 from ._platform import tuned_for as tuned_for
 from ._scan import (
     newton_iterations as newton_iterations,

@@ -3,7 +3,7 @@ the scan helpers and layers wrap Equinox's cells and user functions once, at the
 public edge, and talk to one interface below it."""
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -12,9 +12,6 @@ import numpy as np
 from jaxtyping import Array, Float, PyTree
 
 from ._cell import AbstractCell
-from ._loop import Plan, step_loop
-from ._modes import STEP_AUTO, STEP_MODES, AbstractMode, Newton
-from ._newton import NewtonParts, newton_loop
 
 
 class CallableCell(AbstractCell):
@@ -41,8 +38,6 @@ class CallableCell(AbstractCell):
     initial_hidden: PyTree[Float[Array, "..."]]
     input_size: int | None = eqx.field(static=True)
     hidden_size: int | None = eqx.field(static=True)
-    modes: ClassVar[tuple[str, ...]] = STEP_MODES
-    auto_modes: ClassVar[tuple[type[AbstractMode], type[AbstractMode]]] = STEP_AUTO
 
     def __init__(
         self,
@@ -58,7 +53,8 @@ class CallableCell(AbstractCell):
         """
         self.initial_hidden = reset_state_of(fn, hidden, "CallableCell")
         self.fn = fn
-        # `None` where `fn` does not say (a plain function).
+        # `None` where `fn` does not say (a plain function). `fn` is not an eqrnn
+        # cell, so its sizes are read as the attributes Equinox's cells name them.
         self.input_size = getattr(fn, "input_size", None)  # pyright: ignore[reportIncompatibleVariableOverride]
         self.hidden_size = getattr(fn, "hidden_size", None)  # pyright: ignore[reportIncompatibleVariableOverride]
 
@@ -70,30 +66,20 @@ class CallableCell(AbstractCell):
     def step(self, projected: Float[Array, " input_size"], hidden: Any) -> Any:
         return _checked(self, self.fn(projected, hidden), hidden)
 
+    def keyed_step(
+        self, projected: Float[Array, " input_size"], hidden: Any, key: Any
+    ) -> Any:
+        """`fn(input, hidden, key=key)`: the step with this step's key."""
+        return _checked(self, self.fn(projected, hidden, key=key), hidden)
+
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         return tuple(jnp.shape(x) for x in jax.tree.leaves(self.initial_hidden))
 
+    def step_input_shape(self) -> tuple[int, ...] | None:
+        return None if self.input_size is None else (self.input_size,)
+
     def output(self, hidden: Any) -> Float[Array, " output_size"]:
         return hidden[0] if isinstance(hidden, tuple) else hidden
-
-    def run_sequence(
-        self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
-    ) -> tuple[Any, Any]:
-        if isinstance(plan.mode, Newton):
-            return newton_loop(self.newton_parts(inputs), hidden, plan)
-
-        def call(x: Array, h: Any, k: Any) -> Any:
-            return _call_fn(self, x, h, k)
-
-        return step_loop(call, inputs, hidden, self.initial_hidden, plan)
-
-    def newton_parts(self, inputs: Float[Array, "time input_size"]) -> NewtonParts:
-        """What `mode="newton"` needs: `fn` as the step, with the whole Jacobian."""
-        return NewtonParts(self, inputs, self.initial_hidden, _call_fn, None)
-
-
-def _call_fn(cell: CallableCell, x: Array, hidden: Any, key: Any) -> Any:
-    return _checked(cell, cell.fn(x, hidden, key=key), hidden)
 
 
 def _checked(cell: CallableCell, new: Any, hidden: Any) -> Any:
@@ -162,14 +148,9 @@ def as_cell(cell: Any, hidden: Any, where: str) -> AbstractCell:
     return CallableCell(cell, reset_state_of(cell, hidden, where))
 
 
-def modes_of(cell: Any) -> tuple[str, ...]:
-    """The `mode`s a cell (or a callable, which runs step by step) accepts."""
-    return cell.modes if isinstance(cell, AbstractCell) else CallableCell.modes
-
-
-def auto_modes_of(cell: Any) -> tuple[type[AbstractMode], type[AbstractMode]]:
-    """The modes `eqrnn.Auto` runs a cell (or a callable) in on the CPU and on
-    GPU/TPU."""
-    return (
-        cell.auto_modes if isinstance(cell, AbstractCell) else CallableCell.auto_modes
-    )
+def input_shape_of(cell: Any) -> tuple[int, ...] | None:
+    """The shape of one step's input of a cell or a callable, where it says."""
+    if isinstance(cell, AbstractCell):
+        return cell.step_input_shape()
+    size = getattr(cell, "input_size", None)
+    return None if size is None else (size,)

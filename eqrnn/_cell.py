@@ -1,9 +1,11 @@
-"""The interface every eqrnn cell implements, and the step-by-step family."""
+"""The interfaces of eqrnn's cells: what every cell gives (`AbstractCell`), and the
+capabilities a strategy may ask of one (a faster step, per-unit Jacobians, a parallel
+form over a chunk). This module imports no strategy: the strategies import it."""
 
 import abc
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -12,7 +14,8 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._custom_types import Hidden, HiddenLike, Input
-from ._loop import Plan, step_loop
+from ._jacobians import pointwise_jacobians
+from ._loop import Plan
 from ._misc import (
     check_bool,
     check_hidden,
@@ -20,16 +23,8 @@ from ._misc import (
     check_same_dtype,
     check_size,
     gate_kernels,
-    input_shape_of,
     optional_bias,
     resolve_dtype,
-)
-from ._modes import STEP_AUTO, STEP_MODES, AbstractMode, Newton
-from ._newton import (
-    AbstractNewtonCell,
-    NewtonParts,
-    newton_loop,
-    pointwise_jacobians,
 )
 
 
@@ -47,22 +42,19 @@ class AbstractCell(eqx.Module):
 
     `cell(input, hidden)` is exactly `cell.step(cell.project_inputs(input), hidden)`
     after checking the arguments. A cell also says what its hidden state is
-    (`hidden_shapes`, `output`) and how a sequence runs through it (`run_sequence`,
-    which its family provides: `AbstractStepCell` for cells run one step after
-    another, `AbstractLinearCell` for cells whose recurrence is linear).
+    (`hidden_shapes`, `output`).
+
+    That is all the sequential mode needs: `scan_last`, `scan_all_hidden` and the
+    layers run any cell one step after another. The other modes ask for a
+    capability, an interface the cell subclasses as well: `AbstractLinearCell` (a
+    recurrence linear in the state: the associative and chunked modes),
+    `AbstractNewtonCell` (per-unit Jacobians for `eqrnn.Newton`), `AbstractStepCell`
+    (a faster form of the step inside the loop).
     """
 
     input_size: eqx.AbstractVar[int]
     hidden_size: eqx.AbstractVar[int]
     initial_hidden: eqx.AbstractVar[Any]
-    if TYPE_CHECKING:
-        modes: ClassVar[tuple[str, ...]]
-        auto_modes: ClassVar[tuple[type[AbstractMode], type[AbstractMode]]]
-    else:
-        # The names of the `mode`s that this family runs in, and the modes that
-        # `eqrnn.Auto` picks for it on the CPU and on GPU/TPU.
-        modes: eqx.AbstractClassVar[tuple[str, ...]]
-        auto_modes: eqx.AbstractClassVar[tuple[type[AbstractMode], type[AbstractMode]]]
 
     @abc.abstractmethod
     def project_inputs(
@@ -117,25 +109,6 @@ class AbstractCell(eqx.Module):
         whose state is a tuple, its output part (`LSTMCell`: `h` of `(h, c)`).
         """
 
-    @abc.abstractmethod
-    def run_sequence(
-        self, inputs: Float[Array, " time *input_shape"], hidden: Any, plan: Plan
-    ) -> tuple[Any, Any]:
-        """The loop over one sequence, as `scan_last` and `scan_all_hidden` run it.
-
-        **Arguments:**
-
-        - `inputs`: one sequence, zero at padded steps.
-        - `hidden`: the starting state.
-        - `plan`: the call's checked options (`eqrnn._loop.Plan`).
-
-        **Returns:**
-
-        `(final, stacked)`: the state after the last valid step and, if
-        `plan.stack`, every step's state on a leading time axis (zero at padding),
-        else `None`.
-        """
-
     @property
     def dtype(self) -> Any:
         """The dtype of the cell's floating-point parameters (all share one), or
@@ -154,6 +127,19 @@ class AbstractCell(eqx.Module):
             return self.initial_hidden
         zeros = tuple(jnp.zeros(s, self.dtype) for s in self.hidden_shapes())
         return zeros[0] if len(zeros) == 1 else zeros  # pyright: ignore[reportReturnType]
+
+    def keyed_step(self, projected: Array, hidden: Any, key: Any) -> Any:
+        """`step` with this step's `jax.random` key, for a stochastic cell (the
+        scan helpers' `key=` split per step). The built-in cells are deterministic:
+        they ignore it and run `step`."""
+        del key
+        return self.step(projected, hidden)
+
+    def step_input_shape(self) -> tuple[int, ...] | None:
+        """The shape of one step's input: `(input_size,)` (`ConvLSTMCell`: its
+        `input_shape`), or `None` for a cell that does not say (a `CallableCell`
+        around a plain function)."""
+        return (self.input_size,)
 
     def __call__(
         self, input: Input, hidden: HiddenLike, *, key: PRNGKeyArray | None = None
@@ -174,7 +160,9 @@ class AbstractCell(eqx.Module):
         del key
         name = type(self).__name__
         with jax.named_scope(f"eqrnn.{name}"):
-            check_input(name, input_shape_of(self) or (self.input_size,), input)
+            shape = self.step_input_shape()
+            if shape is not None:
+                check_input(name, shape, input)
             check_hidden(name, hidden, self.hidden_shapes())
             check_same_dtype("input", input, self.dtype, name)
             check_same_dtype("hidden", hidden, self.dtype, name)
@@ -235,9 +223,6 @@ class AbstractStepCell(AbstractCell):
     else the input itself.
     """
 
-    modes: ClassVar[tuple[str, ...]] = STEP_MODES
-    auto_modes: ClassVar[tuple[type[AbstractMode], type[AbstractMode]]] = STEP_AUTO
-
     @abc.abstractmethod
     def fused_step(self, hoisted: bool) -> Callable[[Array, Any], Any] | None:
         """`(input, hidden) -> hidden`, the same step as `cell(input, hidden)` in a
@@ -254,34 +239,48 @@ class AbstractStepCell(AbstractCell):
         it prepares are prepared once.
         """
 
-    def run_sequence(
-        self, inputs: Float[Array, " time *input_shape"], hidden: Any, plan: Plan
-    ) -> tuple[Any, Any]:
-        if isinstance(plan.mode, Newton):
-            return newton_loop(self.newton_parts(inputs), hidden, plan)
-        hoisted = plan.hoist
-        xs = self.project_inputs(inputs) if hoisted else inputs
-        fused = self.fused_step(hoisted)
 
-        def call(x: Array, h: Any, k: Any) -> Any:
-            del k
-            if fused is not None:
-                return fused(x, h)
-            return self.step(x if hoisted else self.project_inputs(x), h)
+class AbstractNewtonCell(AbstractCell):
+    """A step-by-step cell that gives Newton's method its step's Jacobian per unit,
+    so that `Newton("blocks")` and `Newton("diagonal")` run without forming the
+    whole Jacobian.
 
-        return step_loop(call, xs, hidden, self.init_hidden(), plan)
+    Its hidden state is an array, or a tuple of arrays, each of `num_units`
+    entries; unit `j` is entry `j` of every array.
+    """
 
-    def newton_parts(self, inputs: Float[Array, " time *input_shape"]) -> NewtonParts:
-        """What `mode="newton"` needs of this cell over `inputs`: its step, its
-        per-unit Jacobians where it is an `eqrnn.AbstractNewtonCell`, the projected
-        inputs and its reset state."""
-        return NewtonParts(
-            self,
-            self.project_inputs(inputs),
-            self.init_hidden(),
-            _call_step,
-            _call_unit_jacobians if isinstance(self, AbstractNewtonCell) else None,
-        )
+    @abc.abstractmethod
+    def unit_jacobians(
+        self, projected: Float[Array, " projected"], hidden: Any
+    ) -> Float[Array, "units arrays arrays"]:
+        """The per-unit blocks of the step's Jacobian.
+
+        **Arguments:**
+
+        - `projected`: `project_inputs` of this step's input.
+        - `hidden`: the state the step starts from.
+
+        **Returns:**
+
+        `J[j, a, b]`: the derivative of entry `j` of array `a` of the new state
+        with respect to entry `j` of array `b` of `hidden`, shape
+        `(num_units, num_arrays, num_arrays)`.
+        """
+
+
+class AbstractChunkCell(AbstractCell):
+    """A cell with parallel forms of its own over a chunk of steps (`MLSTMCell`'s
+    chunkwise and associative forms), which `eqrnn.Chunked` and `eqrnn.Associative`
+    run. Internal until the chunk form of the delta rule and SSD settles it."""
+
+    @abc.abstractmethod
+    def chunk_form(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
+        """`run(hidden, (inputs, valid, resets, keys)) -> (final, stacked)` over one
+        chunk of steps (the whole sequence unless checkpointed), chunkwise."""
+
+    @abc.abstractmethod
+    def associative_form(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
+        """The same, every step at once by an associative scan."""
 
 
 class AbstractPointwiseCell(AbstractNewtonCell):
@@ -289,7 +288,7 @@ class AbstractPointwiseCell(AbstractNewtonCell):
     first array of `hidden`, where unit `j` of the new state reads only unit `j` of
     the recurrent pre-activations and of `hidden` (the gated cells: each gate of
     unit `j` reads row `j` of its block of `weight_hh`). Its per-unit Jacobians
-    follow from that structure (`eqrnn._newton.pointwise_jacobians`)."""
+    follow from that structure (`eqrnn._jacobians.pointwise_jacobians`)."""
 
     weight_hh: eqx.AbstractVar[Array]
 
@@ -307,17 +306,6 @@ class AbstractPointwiseCell(AbstractNewtonCell):
             self.weight_hh,
             hidden,
         )
-
-
-def _call_step(cell: AbstractCell, projected: Array, hidden: Any, key: Any) -> Any:
-    del key
-    return cell.step(projected, hidden)
-
-
-def _call_unit_jacobians(
-    cell: AbstractNewtonCell, projected: Array, hidden: Any
-) -> Array:
-    return cell.unit_jacobians(projected, hidden)
 
 
 class AbstractAffineInputCell(AbstractCell):

@@ -200,6 +200,9 @@ class ConvLSTMCell(AbstractStepCell, AbstractTupleStateCell):
             carry_init, ckey, self.hidden_shapes(), dtype
         )
 
+    def step_input_shape(self) -> tuple[int, ...]:
+        return self.input_shape
+
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         spatial = self.input_shape[:-1]
         if self.padding == "valid":

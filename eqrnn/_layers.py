@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree, Shaped
 
-from ._adapter import as_cell
+from ._adapter import as_cell, input_shape_of
 from ._custom_types import AnyHiddenLike, Inputs, Length
-from ._misc import check_key, describe_shape, input_shape_of, speed_setting
+from ._misc import check_key, describe_shape, speed_setting
 from ._modes import AbstractMode, ScanMode
 from ._platform import Unroll
 from ._scan import ScanOptions, check_length, check_sequence, run_scan
@@ -131,7 +131,9 @@ class RNN(eqx.Module):
                 + "; to stack layers, `eqrnn.StackedRNN([...])`."
             )
         _check_static("RNN", keep_order=keep_order, return_hidden=return_hidden)
-        options = ScanOptions("RNN", reverse, unroll, checkpoint, mode, check_finite)
+        options = ScanOptions(
+            "RNN", reverse, unroll, checkpoint, mode, check_finite, layer=True
+        )
         options.check_cell(cell)
         self.cell = cell
         self.reverse = reverse
@@ -194,7 +196,13 @@ class RNN(eqx.Module):
         reverse = self.reverse if reverse is None else reverse
         keep_order = self.keep_order if keep_order is None else keep_order
         options = ScanOptions(
-            "RNN", reverse, self.unroll, self.checkpoint, self.mode, self.check_finite
+            "RNN",
+            reverse,
+            self.unroll,
+            self.checkpoint,
+            self.mode,
+            self.check_finite,
+            layer=True,
         )
         cell = as_cell(self.cell, hidden, "RNN")
         final, hiddens = run_scan(
@@ -220,12 +228,7 @@ class RNN(eqx.Module):
 
         The hidden state the layer starts from when `hidden` is not given.
         """
-        if not hasattr(self.cell, "init_hidden"):
-            raise TypeError(
-                f"RNN: the cell {type(self.cell).__name__} has no `init_hidden()`; "
-                "build the starting state yourself."
-            )
-        return self.cell.init_hidden()  # pyright: ignore[reportFunctionMemberAccess]
+        return as_cell(self.cell, None, "RNN.init_hidden").init_hidden()
 
     def step(
         self,
@@ -320,7 +323,9 @@ class RNN(eqx.Module):
         output_size)`; with `return_hidden=True`, the tuple `(outputs,
         final_hidden)`.
         """
-        outputs, final = self.run(inputs, hidden, length=length, resets=resets, key=key)
+        outputs, final = self._run(
+            inputs, hidden, length=length, resets=resets, key=key
+        )
         return (outputs, final) if self.return_hidden else outputs
 
 
@@ -478,7 +483,9 @@ class Bidirectional(eqx.Module):
 
         The merged outputs and both final hidden states.
         """
-        inputs = check_sequence(inputs, "Bidirectional", _input_shape(self.forward))
+        inputs = check_sequence(
+            inputs, "Bidirectional", _input_shape(self.forward), layer=True
+        )
         length = check_length(length, inputs.shape[0], "Bidirectional")
         return self._run(
             inputs,
@@ -672,7 +679,9 @@ class StackedRNN(eqx.Module):
                 f"StackedRNN: `hidden` must hold one state per layer ({num_layers}), "
                 f"got {len(hidden)}."
             )
-        inputs = check_sequence(inputs, "StackedRNN", _input_shape(self.layers[0]))
+        inputs = check_sequence(
+            inputs, "StackedRNN", _input_shape(self.layers[0]), layer=True
+        )
         length = check_length(length, inputs.shape[0], "StackedRNN")
         inference = self.inference if inference is None else inference
         use_dropout = self.dropout > 0 and not inference and num_layers > 1

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Inexact
 
+from ._coefficients import Coefficients as Coefficients, is_pair, mul, mul_add
+from ._loop import from_chunks, previous
 from ._modes import (
     PARALLEL_MODES,
     AbstractMode,
@@ -50,12 +52,6 @@ Mode: TypeAlias = (
 )
 DEFAULT_CHUNK_SIZE = 64
 
-# A coefficient or state: a real or complex array, or an `(re, im)` pair of real
-# arrays standing for a complex one.
-Coefficients: TypeAlias = (
-    Inexact[Array, "*time state"]
-    | tuple[Float[Array, "*time state"], Float[Array, "*time state"]]
-)
 # (A variable, not a literal: linters would read "time *state" as a product.)
 _TIME_STATE = "time *state"
 Steps: TypeAlias = (
@@ -72,29 +68,9 @@ StateLike: TypeAlias = (
 )
 
 
-def _is_pair(x: Any) -> bool:
-    return isinstance(x, tuple)
-
-
-def mul(a: Any, h: Any) -> Any:
-    """`a * h`, elementwise; a complex product for `(re, im)` pairs."""
-    if _is_pair(a):
-        (ar, ai), (hr, hi) = a, h
-        return ar * hr - ai * hi, ar * hi + ai * hr
-    return a * h
-
-
-def mul_add(a: Any, h: Any, b: Any) -> Any:
-    """`a * h + b`, elementwise; complex arithmetic for `(re, im)` pairs."""
-    if _is_pair(a):
-        (ar, ai), (hr, hi), (br, bi) = a, h, b
-        return ar * hr - ai * hi + br, ar * hi + ai * hr + bi
-    return a * h + b
-
-
 def identity_coefficients(a: Any, b: Any) -> tuple[Any, Any]:
     """`(1, 0)` shaped like `(a, b)`: a step that leaves the state unchanged."""
-    if _is_pair(a):
+    if is_pair(a):
         return (jnp.ones_like(a[0]), jnp.zeros_like(a[1])), jax.tree.map(
             jnp.zeros_like, b
         )
@@ -219,10 +195,7 @@ def _chunked(
         return final, None
     starts = jax.tree.map(lambda s: s[:, None], starts)
     hs = mul_add(prefix_a, starts, prefix_b)
-    hs = jax.tree.map(
-        lambda x: x.reshape(num_chunks * size, *x.shape[2:])[:num_steps], hs
-    )
-    return final, hs
+    return final, jax.tree.map(lambda x: from_chunks(x, num_steps), hs)
 
 
 def _run(
@@ -255,13 +228,7 @@ def _tangent(
     a, _, h0 = primals
     da, db, dh0 = tangents
     mode, reverse, unroll, chunk_size = options
-
-    def previous(h: Array, start: Array) -> Array:
-        if reverse:
-            return jnp.concatenate([h[1:], start[None]])
-        return jnp.concatenate([start[None], h[:-1]])
-
-    h_prev = jax.tree.map(previous, hs, h0)
+    h_prev = _h_prev(hs, h0, reverse)
     u = mul_add(da, h_prev, db)
     return _run(a, u, dh0, mode, reverse, unroll, chunk_size, stack=True)
 
@@ -301,28 +268,15 @@ def _scan_final_jvp(options: Any, primals: Any, tangents: Any) -> tuple[Any, Any
 
 def _h_prev(hs: Any, h0: Any, reverse: bool) -> Any:
     """The state each step starts from: h_{t-1} (h_{t+1} when `reverse`)."""
-
-    def previous(h: Array, start: Array) -> Array:
-        if reverse:
-            return jnp.concatenate([h[1:], start[None]])
-        return jnp.concatenate([start[None], h[:-1]])
-
-    return jax.tree.map(previous, hs, h0)
+    return jax.tree.map(lambda h, start: previous(h, start, reverse), hs, h0)
 
 
 def _shifted_transpose(a: Any, reverse: bool) -> Any:
     """The coefficients of the transposed recurrence: `a` moved one step on
     (`a_{t+1}`, zero after the last step) and, for pairs, the transpose of the
     complex product."""
-    shifted = jax.tree.map(
-        lambda x: (
-            jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]])
-            if reverse
-            else jnp.concatenate([x[1:], jnp.zeros_like(x[:1])])
-        ),
-        a,
-    )
-    return (shifted[0], -shifted[1]) if _is_pair(shifted) else shifted
+    shifted = jax.tree.map(lambda x: previous(x, jnp.zeros_like(x[0]), not reverse), a)
+    return (shifted[0], -shifted[1]) if is_pair(shifted) else shifted
 
 
 def _parallel_stacked(a: Any, b: Any, h0: Any, options: Any) -> tuple[Any, Any]:
@@ -380,14 +334,14 @@ def linear_scan_final(
 
 
 def _as_coefficients(x: Any, name: str) -> Any:
-    leaves = [jnp.asarray(x[0]), jnp.asarray(x[1])] if _is_pair(x) else [jnp.asarray(x)]
+    leaves = [jnp.asarray(x[0]), jnp.asarray(x[1])] if is_pair(x) else [jnp.asarray(x)]
     for leaf in leaves:
         if not jnp.issubdtype(leaf.dtype, jnp.inexact):
             raise TypeError(
                 f"linear_scan: `{name}` must be a floating-point or complex array, got "
                 f"dtype {leaf.dtype}."
             )
-    return tuple(leaves) if _is_pair(x) else leaves[0]
+    return tuple(leaves) if is_pair(x) else leaves[0]
 
 
 @overload
@@ -488,7 +442,7 @@ def linear_scan(
         raise ValueError(
             f"linear_scan: `chunk_size` must be a positive int, got {chunk_size!r}."
         )
-    if _is_pair(a) != _is_pair(b) or (h0 is not None and _is_pair(h0) != _is_pair(a)):
+    if is_pair(a) != is_pair(b) or (h0 is not None and is_pair(h0) != is_pair(a)):
         raise TypeError(
             "linear_scan: `a`, `b` and `h0` must all be arrays or all be (re, im) "
             "pairs of arrays."
@@ -505,7 +459,7 @@ def linear_scan(
     dtype = jnp.result_type(*jax.tree.leaves((a, b)))
     if h0 is None:
         zeros = jnp.zeros(state_shape, dtype)
-        h0 = (zeros, zeros) if _is_pair(a) else zeros
+        h0 = (zeros, zeros) if is_pair(a) else zeros
     else:
         h0 = _as_coefficients(h0, "h0")
         if any(jnp.shape(x) != state_shape for x in jax.tree.leaves(h0)):

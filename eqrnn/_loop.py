@@ -1,6 +1,7 @@
-"""What every cell family's loop over one sequence shares: the checked options of
-one call (`Plan`), the step-by-step loop with padding, resets and per-step keys, and
-checkpointing by chunks. The cells import this; it imports no cell."""
+"""What every strategy's loop over one sequence shares: the checked options of one
+call (`Plan`), and the idioms of a time axis (masking padded steps, the previous
+step's state, cutting a sequence into chunks, checkpointing by chunks). The
+strategies import this; it imports no cell and no strategy."""
 
 from collections.abc import Callable
 from typing import Any
@@ -12,8 +13,8 @@ from jaxtyping import Array, Bool, Int, Shaped
 
 
 class Plan(eqx.Module):
-    """One call of a scan helper, its arguments checked: what a cell family's
-    `run_sequence` reads. The inputs it comes with are already zero at padding.
+    """One call of a scan helper, its arguments checked: what a strategy reads. The
+    inputs it comes with are already zero at padding.
 
     - `valid`: `(time,)` booleans, false at padding; `None` when every step is valid.
     - `length`: the number of valid steps, or `None`.
@@ -45,33 +46,42 @@ def tree_where(pred: Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def step_loop(
-    call: Callable[[Array, Any, Any], Any],
-    xs: Array,
-    hidden: Any,
-    reset_state: Any,
-    plan: Plan,
-) -> tuple[Any, Any]:
-    """`(final, stacked)`: `call(x, hidden, key) -> hidden` run over `xs` with
-    `lax.scan`; a padded step keeps the state (and is zero in `stacked`), a reset step
-    starts from `reset_state`."""
-    stack = plan.stack
+def over_time(mask: Array, x: Array) -> Array:
+    """`mask`, of shape `(time,)`, broadcast against `x`, of shape `(time, ...)`."""
+    return mask.reshape(-1, *(1,) * (x.ndim - 1))
 
-    def body(carry: Any, step_in: Any) -> tuple[Any, Any]:
-        x, ok, reset, k = step_in
-        start = carry if reset is None else tree_where(reset, reset_state, carry)
-        new = call(x, start, k)
-        if ok is None:
-            return new, (new if stack else None)
-        out = jax.tree.map(lambda n: jnp.where(ok, n, jnp.zeros_like(n)), new)
-        return tree_where(ok, new, carry), (out if stack else None)
 
-    def run_steps(carry: Any, seq_in: Any) -> tuple[Any, Any]:
-        return jax.lax.scan(
-            body, carry, seq_in, reverse=plan.reverse, unroll=plan.unroll
-        )
+def zero_where_padded(valid: Array | None, tree: Any) -> Any:
+    """Every array of `tree` (time-major) with zeros at the steps where `valid` is
+    false; `tree` itself when `valid` is `None`."""
+    if valid is None:
+        return tree
+    return jax.tree.map(
+        lambda a: jnp.where(over_time(valid, a), a, jnp.zeros((), a.dtype)), tree
+    )
 
-    return in_chunks(run_steps, hidden, xs, plan)
+
+def previous(hs: Array, start: Array, reverse: bool) -> Array:
+    """The state each step starts from: `hs` (time-major) shifted one step along
+    the direction of the run, `start` at the first step that runs."""
+    if reverse:
+        return jnp.concatenate([hs[1:], start[None]])
+    return jnp.concatenate([start[None], hs[:-1]])
+
+
+def to_chunks(a: Array, size: int) -> Array:
+    """`a`, time-major, zero-padded to a multiple of `size` steps and cut into
+    chunks: shape `(num_chunks, size, ...)`."""
+    num_chunks = -(-a.shape[0] // size)
+    pad = num_chunks * size - a.shape[0]
+    a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+    return a.reshape(num_chunks, size, *a.shape[1:])
+
+
+def from_chunks(a: Array, num_steps: int) -> Array:
+    """The inverse of `to_chunks`: `(num_chunks, size, ...)` back to the first
+    `num_steps` steps."""
+    return a.reshape(-1, *a.shape[2:])[:num_steps]
 
 
 def in_chunks(
@@ -86,19 +96,11 @@ def in_chunks(
     if chunk is None:
         return run(hidden, seq_in)
     num_steps = xs.shape[0]
-    num_chunks = -(-num_steps // chunk)
-    pad = num_chunks * chunk - num_steps
     valid = jnp.ones(num_steps, bool) if plan.valid is None else plan.valid
-
-    def to_chunks(a: Array) -> Array:
-        a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
-        return a.reshape(num_chunks, chunk, *a.shape[1:])
-
-    chunked = jax.tree.map(to_chunks, (xs, valid, plan.resets, plan.keys))
+    chunked = jax.tree.map(
+        lambda a: to_chunks(a, chunk), (xs, valid, plan.resets, plan.keys)
+    )
     final, outs = jax.lax.scan(
         jax.checkpoint(run), hidden, chunked, reverse=plan.reverse
     )
-    outs = jax.tree.map(
-        lambda a: a.reshape(num_chunks * chunk, *a.shape[2:])[:num_steps], outs
-    )
-    return final, outs
+    return final, jax.tree.map(lambda a: from_chunks(a, num_steps), outs)

@@ -8,6 +8,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
     AbstractArrayStateCell,
+    AbstractNewtonCell,
     AbstractStackedGatesCell,
     default_bias_init,
     default_kernel_init,
@@ -18,8 +19,8 @@ from ._cell import (
 )
 from ._custom_types import HiddenArray
 from ._fused import identity, laid_out
+from ._jacobians import derivative
 from ._misc import split_key
-from ._newton import AbstractNewtonCell, derivative
 
 
 class MGUCell(AbstractStackedGatesCell, AbstractArrayStateCell, AbstractNewtonCell):

@@ -160,16 +160,6 @@ def check_bool(where: str, name: str, value: Any) -> bool:
     return value
 
 
-def input_shape_of(cell: Any) -> tuple[int, ...] | None:
-    """The shape of one step's input: a cell's `input_shape` where its input is not
-    a vector (`ConvLSTMCell`), else `(input_size,)`; `None` where it does not say."""
-    shape = getattr(cell, "input_shape", None)
-    if shape is not None:
-        return tuple(shape)
-    size = getattr(cell, "input_size", None)
-    return None if size is None else (size,)
-
-
 def describe_shape(shape: tuple[int, ...]) -> str:
     """`(input_size,) = (3,)` for a vector input, `input_shape = (8, 8, 2)` else."""
     if len(shape) == 1:

@@ -3,15 +3,32 @@
 One class per strategy, as Lineax has one per solver: `Sequential`, `Associative`,
 `Chunked`, `Newton`, and `Auto`, which picks one of the others for a cell and the
 platform. Strings (`"auto"`, `"sequential"`, ...) are shorthands, turned into these
-objects once, at the public edge (`as_mode`). This module holds the options and the
-names only; each strategy's algorithm lives in its own module and imports this one.
+objects once, at the public edge (`as_mode`). This module holds the options, the
+names and which capability of a cell each mode needs (`supports`); each strategy's
+algorithm lives in its own module (`_sequential.py`, `_linear_form.py`,
+`_chunkwise.py`, `_newton.py`) and imports this one.
 """
 
+import abc
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 import equinox as eqx
 
+from ._cell import AbstractChunkCell
+from ._linear_cell import AbstractLinearCell
 from ._platform import platform
+
+
+def _has(cell: Any, *capabilities: type) -> bool:
+    """Whether `cell`, a cell or a cell class, has one of the `capabilities`."""
+    if isinstance(cell, type):
+        return issubclass(cell, capabilities)
+    return isinstance(cell, capabilities)
+
+
+def _runs_in_parallel(cell: Any) -> bool:
+    """A cell with a parallel form: a linear recurrence, or a chunk form."""
+    return _has(cell, AbstractLinearCell, AbstractChunkCell)
 
 
 class AbstractMode(eqx.Module):
@@ -23,6 +40,19 @@ class AbstractMode(eqx.Module):
     else:
         # The string that stands for this mode (`mode="sequential"`).
         name: eqx.AbstractClassVar[str]
+
+    @abc.abstractmethod
+    def supports(self, cell: Any) -> bool:
+        """Whether this mode runs `cell`.
+
+        **Arguments:**
+
+        - `cell`: a cell, a callable with the cell signature, or a cell class.
+
+        **Returns:**
+
+        `True` where `cell` has the capability the mode needs.
+        """
 
 
 class Sequential(AbstractMode):
@@ -40,6 +70,10 @@ class Sequential(AbstractMode):
 
     name: ClassVar[str] = "sequential"
 
+    def supports(self, cell: Any) -> bool:
+        del cell
+        return True
+
 
 class Associative(AbstractMode):
     """`mode=eqrnn.Associative()` (or `"associative"`): every step at once by
@@ -56,6 +90,9 @@ class Associative(AbstractMode):
 
     name: ClassVar[str] = "associative"
 
+    def supports(self, cell: Any) -> bool:
+        return _runs_in_parallel(cell)
+
 
 class Chunked(AbstractMode):
     """`mode=eqrnn.Chunked()` (or `"chunked"`): in parallel within chunks, one step
@@ -71,6 +108,9 @@ class Chunked(AbstractMode):
     """
 
     name: ClassVar[str] = "chunked"
+
+    def supports(self, cell: Any) -> bool:
+        return _runs_in_parallel(cell)
 
 
 LINEARISATIONS = ("auto", "full", "blocks", "diagonal")
@@ -145,6 +185,10 @@ class Newton(AbstractMode):
     tol: float | None = eqx.field(default=None, static=True)
     damping: float = eqx.field(default=0.0, static=True)
 
+    def supports(self, cell: Any) -> bool:
+        # A cell with a parallel form runs in parallel already.
+        return not _runs_in_parallel(cell)
+
     def __check_init__(self) -> None:
         if self.linearisation not in LINEARISATIONS:
             raise ValueError(
@@ -205,6 +249,10 @@ class Auto(AbstractMode):
 
     name: ClassVar[str] = "auto"
 
+    def supports(self, cell: Any) -> bool:
+        del cell
+        return True
+
     def select(self, cell: Any) -> AbstractMode:
         """The mode `Auto` runs `cell` in, on the current platform.
 
@@ -217,34 +265,27 @@ class Auto(AbstractMode):
         A concrete mode: `eqrnn.Sequential()`, `eqrnn.Associative()` or
         `eqrnn.Chunked()`.
         """
-        # Imported here: the cells import the modes.
-        from ._adapter import auto_modes_of
-
-        on_cpu, elsewhere = auto_modes_of(cell)
-        return (on_cpu if platform() == "cpu" else elsewhere)()
+        if _has(cell, AbstractChunkCell):
+            return Chunked()
+        if _has(cell, AbstractLinearCell):
+            return linear_engine()
+        return Sequential()
 
 
 # Every mode by its name: the one list of names.
 MODE_CLASSES: dict[str, type[AbstractMode]] = {
     cls.name: cls for cls in (Auto, Sequential, Associative, Chunked, Newton)
 }
-# What each family of cells runs in (a cell's `modes`), and what `Auto` runs it in
-# on the CPU and elsewhere (its `auto_modes`).
-STEP_MODES = (Auto.name, Sequential.name, Newton.name)
+# The modes `eqrnn.linear_scan` runs in.
 PARALLEL_MODES = (Auto.name, Sequential.name, Associative.name, Chunked.name)
-STEP_AUTO: tuple[type[AbstractMode], type[AbstractMode]] = (Sequential, Sequential)
-LINEAR_AUTO: tuple[type[AbstractMode], type[AbstractMode]] = (
-    Sequential,
-    Associative,
-)
-CHUNK_AUTO: tuple[type[AbstractMode], type[AbstractMode]] = (Chunked, Chunked)
 
 
 def linear_engine() -> AbstractMode:
     """The engine `Auto` runs a linear recurrence by on the current platform (a
-    linear cell's, `eqrnn.linear_scan`'s and Newton's linear solves)."""
-    on_cpu, elsewhere = LINEAR_AUTO
-    return (on_cpu if platform() == "cpu" else elsewhere)()
+    linear cell's, `eqrnn.linear_scan`'s and Newton's linear solves):
+    `Sequential()` on the CPU, where the work is memory-bound and each
+    coefficient is read once, `Associative()` on GPU and TPU."""
+    return Sequential() if platform() == "cpu" else Associative()
 
 
 def as_mode(

@@ -19,7 +19,6 @@ is a JAX function of the solution, so it differentiates again: Hessian-vector
 products are exact as well.
 """
 
-import abc
 import math
 from collections.abc import Callable
 from typing import Any, TypeAlias
@@ -27,9 +26,11 @@ from typing import Any, TypeAlias
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array
 
+from ._cell import AbstractCell, AbstractNewtonCell
 from ._linear_scan import DEFAULT_CHUNK_SIZE, _run
+from ._loop import Plan, previous
 from ._modes import Newton, Sequential, linear_engine
 
 
@@ -42,86 +43,7 @@ TOL_EPS = 2
 STALL = 64
 
 
-class AbstractNewtonCell(eqx.Module):
-    """A step-by-step cell that gives Newton's method its step's Jacobian per unit,
-    so that `Newton("blocks")` and `Newton("diagonal")` run without forming the
-    whole Jacobian.
-
-    Its hidden state is an array, or a tuple of arrays, each of `num_units`
-    entries; unit `j` is entry `j` of every array.
-    """
-
-    @abc.abstractmethod
-    def unit_jacobians(
-        self, projected: Float[Array, " projected"], hidden: Any
-    ) -> Float[Array, "units arrays arrays"]:
-        """The per-unit blocks of the step's Jacobian.
-
-        **Arguments:**
-
-        - `projected`: `project_inputs` of this step's input.
-        - `hidden`: the state the step starts from.
-
-        **Returns:**
-
-        `J[j, a, b]`: the derivative of entry `j` of array `a` of the new state
-        with respect to entry `j` of array `b` of `hidden`, shape
-        `(num_units, num_arrays, num_arrays)`.
-        """
-
-
-def pointwise_jacobians(
-    pointwise: Callable[..., Any],
-    recurrent: Array,
-    weight_hh: Array,
-    hidden: Any,
-) -> Array:
-    """`unit_jacobians` of a cell whose step is `pointwise(weight_hh @ h, state)`,
-    unit `j` of the result reading only unit `j` of its arguments (the gated cells
-    are: every gate of unit `j` reads row `j` of its block of `weight_hh @ h`), and
-    `recurrent = weight_hh @ h` read from the first array of the state only.
-
-    One JVP per array of the state gives every unit's block column at once: moving
-    `h` by ones moves the pre-activations by the diagonals of `weight_hh`'s gate
-    blocks, and by units of other arrays moves nothing else."""
-    is_tuple = isinstance(hidden, tuple)
-    leaves = hidden if is_tuple else (hidden,)
-    units = leaves[0].shape[0]
-    blocks = weight_hh.reshape(-1, units, weight_hh.shape[-1])
-    diagonals = jnp.diagonal(blocks, axis1=1, axis2=2).reshape(-1)
-    columns = []
-    for b in range(len(leaves)):
-        d_recurrent = diagonals if b == 0 else jnp.zeros_like(recurrent)
-        d_leaves = tuple(
-            jnp.ones_like(x) if a == b else jnp.zeros_like(x)
-            for a, x in enumerate(leaves)
-        )
-        _, out = jax.jvp(
-            pointwise,
-            (recurrent, hidden),
-            (d_recurrent, d_leaves if is_tuple else d_leaves[0]),
-        )
-        columns.append(jnp.stack(out if is_tuple else (out,), -1))
-    return jnp.stack(columns, -1)
-
-
-def derivative(fn: Callable[[Array], Array], x: Array) -> tuple[Array, Array]:
-    """`(fn(x), fn'(x))` of an elementwise `fn`."""
-    return jax.jvp(fn, (x,), (jnp.ones_like(x),))
-
-
 # --- the engine: states flattened to one vector of n entries per step ---------
-
-
-def _shift(hs: Array, start: Array) -> Array:
-    """The state each step starts from: `start`, then `hs[:-1]`."""
-    return jnp.concatenate([start[None], hs[:-1]])
-
-
-def _shift_back(a: Array) -> Array:
-    """`a[t + 1]` at step `t`, zero after the last: the transposed system's
-    coefficients."""
-    return jnp.concatenate([a[1:], jnp.zeros_like(a[:1])])
 
 
 def _max_abs(x: Array) -> Array:
@@ -161,7 +83,7 @@ class _Coefficients(eqx.Module):
         mode = linear_engine()
         if kind == "diagonal":
             if transpose:
-                a = _shift_back(a)
+                a = previous(a, jnp.zeros_like(a[0]), True)
             return _run(a, r, None, mode, transpose, 1, DEFAULT_CHUNK_SIZE, True)[1]
         if kind == "blocks":
             num = a.shape[1]
@@ -170,7 +92,7 @@ class _Coefficients(eqx.Module):
         else:
             a, r = a[:, None], r[:, None]
         if transpose:
-            a = _shift_back(jnp.swapaxes(a, -1, -2))
+            a = previous(jnp.swapaxes(a, -1, -2), jnp.zeros_like(a[0]), True)
         out = _matrix_scan(a, r, transpose, mode)
         if kind == "blocks":
             return out.swapaxes(1, 2).reshape(out.shape[0], -1)
@@ -203,13 +125,12 @@ class _System(eqx.Module):
     """One sequence as Newton's method sees it: the step on flattened states over
     all steps at once, and its linearisations. `cell` and `reset_state` are what the
     step reads besides each step's `xs` (the projected input, its key, whether the
-    step is valid and whether it resets); `call(cell, x, hidden, key)` and
-    `unit_jacobians(cell, x, hidden)` are plain functions of them."""
+    step is valid and whether it resets). `units` says whether the cell gives its
+    Jacobian per unit (an `eqrnn.AbstractNewtonCell`)."""
 
-    cell: Any
+    cell: AbstractCell
     reset_state: Array
-    call: Callable[..., Any] = eqx.field(static=True)
-    unit_jacobians: Callable[..., Any] | None = eqx.field(static=True)
+    units: bool = eqx.field(static=True)
     treedef: Any = eqx.field(static=True)
     shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
 
@@ -230,7 +151,7 @@ class _System(eqx.Module):
         """One step on flattened states; a padded step keeps `prev`."""
         x, key, valid, _ = xs
         new = flatten(
-            self.call(self.cell, x, self.unflatten(self.start(xs, prev)), key)
+            self.cell.keyed_step(x, self.unflatten(self.start(xs, prev)), key)
         )
         return new if valid is None else jnp.where(valid, new, prev)
 
@@ -244,12 +165,11 @@ class _System(eqx.Module):
         if kind == "full":
             a = jax.vmap(jax.jacfwd(self.step, argnums=1))(xs, prevs)
         else:
-            assert self.unit_jacobians is not None
+            cell = self.cell
+            assert isinstance(cell, AbstractNewtonCell), cell
 
             def unit(xs: Any, prev: Array) -> Array:
-                assert self.unit_jacobians is not None
-                start = self.unflatten(self.start(xs, prev))
-                return self.unit_jacobians(self.cell, xs[0], start)
+                return cell.unit_jacobians(xs[0], self.unflatten(self.start(xs, prev)))
 
             blocks = jax.vmap(unit)(xs, prevs)  # (T, U, L, L)
             if kind == "diagonal":
@@ -359,7 +279,7 @@ def newton_forward(
 
     def evaluate(hs: Array) -> tuple[Array, _Coefficients]:
         # The steps and their linearisation at the same states, in one pass.
-        prevs = _shift(hs, h0)
+        prevs = previous(hs, h0, False)
         steps = system.steps(xs, prevs)
         return steps, system.coefficients(xs, prevs, kind, newton.damping)
 
@@ -415,19 +335,19 @@ def _solution_jvp(
     hs, a = _solution(system, xs, h0, kind=kind, newton=newton)
 
     def steps(system: _System, xs: Any, h0: Array) -> Array:
-        return system.steps(xs, _shift(hs, h0))
+        return system.steps(xs, previous(hs, h0, False))
 
     _, rhs = eqx.filter_jvp(steps, primals, tangents)
     if rhs is None:  # nothing here is differentiated
         return (hs, a), (jnp.zeros_like(hs), None)
     # The step's Jacobian at the solution, as a linear map over all steps.
-    _, jvp = jax.linearize(lambda p: system.steps(xs, p), _shift(hs, h0))
+    _, jvp = jax.linearize(lambda p: system.steps(xs, p), previous(hs, h0, False))
     zero = jnp.zeros_like(h0)
     tol, cap = _limits(newton, h0.dtype, hs.shape[0])
     preconditioner = _Coefficients(jax.lax.stop_gradient(a), kind, len(system.shapes))
 
     def matvec(v: Array) -> Array:
-        return v - jvp(_shift(v, zero))
+        return v - jvp(previous(v, zero, False))
 
     def solve(matvec: Callable[[Array], Array], rhs: Array) -> Array:
         return _linear_solve(matvec, rhs, preconditioner, False, tol, cap)
@@ -471,14 +391,14 @@ def _linear_solve(
 def _kind(newton: Newton, system: _System, size: int, where: str) -> str:
     """The linearisation that runs: `newton.linearisation` resolved and checked."""
     kind = newton.linearisation
-    cheap = system.unit_jacobians is not None and len(set(system.shapes)) == 1
+    cheap = system.units and len(set(system.shapes)) == 1
     if kind == "auto":
         return "full" if size <= AUTO_FULL_SIZE or not cheap else "blocks"
     if kind != "full" and not cheap:
         name = type(system.cell).__name__
         why = (
             "its hidden state's arrays differ in shape"
-            if system.unit_jacobians is not None
+            if system.units
             else "it does not give its step's Jacobian per unit (subclass "
             "`eqrnn.AbstractNewtonCell` to do so)"
         )
@@ -490,20 +410,8 @@ def _kind(newton: Newton, system: _System, size: int, where: str) -> str:
     return kind
 
 
-class NewtonParts(eqx.Module):
-    """What Newton's method needs of a step-by-step cell: the cell, its step
-    `call(cell, x, hidden, key)`, its `unit_jacobians(cell, x, hidden)` or `None`,
-    the inputs as the step reads them and the reset state."""
-
-    cell: Any
-    xs: Array
-    reset_state: Any
-    call: Callable[..., Any] = eqx.field(static=True)
-    unit_jacobians: Callable[..., Any] | None = eqx.field(static=True)
-
-
 def _prepare(
-    parts: NewtonParts, hidden: Any, plan: Any
+    cell: AbstractCell, inputs: Array, hidden: Any, plan: Plan
 ) -> tuple[_System, Any, Array, str, Newton]:
     """The system of one sequence in the order it runs (flipped for `reverse`),
     its flattened starting state, the linearisation and the `Newton` options."""
@@ -517,17 +425,16 @@ def _prepare(
                 f"state, which must be floating point; got dtype {leaf.dtype}. Use "
                 "mode='sequential'."
             )
-    seq = (parts.xs, plan.keys, plan.valid, plan.resets)
+    seq = (cell.project_inputs(inputs), plan.keys, plan.valid, plan.resets)
     if plan.reverse:
         seq = jax.tree.map(lambda a: jnp.flip(a, 0), seq)
     # `plan.chunk` (checkpointing) changes nothing here: Newton's method holds every
     # step's state by construction (benchmarks/NOTES.md: rematerialising the step
     # inside it raised XLA's planned memory).
     system = _System(
-        parts.cell,
-        flatten(parts.reset_state),
-        parts.call,
-        parts.unit_jacobians,
+        cell,
+        flatten(cell.init_hidden()),
+        isinstance(cell, AbstractNewtonCell),
         jax.tree.structure(hidden),
         tuple(leaf.shape for leaf in leaves),
     )
@@ -536,13 +443,15 @@ def _prepare(
     return system, seq, h0, kind, newton
 
 
-def newton_loop(parts: NewtonParts, hidden: Any, plan: Any) -> tuple[Any, Any]:
-    """`(final, stacked)` of one sequence by Newton's method, as a cell family's
-    `run_sequence` returns them."""
-    if parts.xs.shape[0] == 0:
+def run_newton(
+    cell: AbstractCell, inputs: Array, hidden: Any, plan: Plan
+) -> tuple[Any, Any]:
+    """The Newton strategy (`eqrnn.Newton`): `(final, stacked)` of one sequence, a
+    step-by-step cell's states found all at once by Newton's method."""
+    if inputs.shape[0] == 0:
         empty = jax.tree.map(lambda x: jnp.zeros((0, *x.shape), x.dtype), hidden)
         return hidden, (empty if plan.stack else None)
-    system, seq, h0, kind, newton = _prepare(parts, hidden, plan)
+    system, seq, h0, kind, newton = _prepare(cell, inputs, hidden, plan)
     # Differentiable with respect to the cell and reset state (in `system`), the
     # inputs and `h0`, in forward and reverse mode and to any order.
     hs = _solution(system, seq, h0, kind=kind, newton=newton)[0]
@@ -556,11 +465,9 @@ def newton_loop(parts: NewtonParts, hidden: Any, plan: Any) -> tuple[Any, Any]:
     return final, jax.vmap(system.unflatten)(hs)
 
 
-def newton_count(cell: Any, inputs: Array, hidden: Any, plan: Any) -> Array:
-    """The iterations of the forward pass that `newton_loop` runs for `cell`, a
-    cell whose `modes` hold `"newton"` (so it has `newton_parts`)."""
-    parts = cell.newton_parts(inputs)
-    if parts.xs.shape[0] == 0:
+def newton_count(cell: AbstractCell, inputs: Array, hidden: Any, plan: Plan) -> Array:
+    """The iterations of the forward pass that `run_newton` runs for `cell`."""
+    if inputs.shape[0] == 0:
         return jnp.array(0)
-    system, seq, h0, kind, newton = _prepare(parts, hidden, plan)
+    system, seq, h0, kind, newton = _prepare(cell, inputs, hidden, plan)
     return newton_forward(system, seq, h0, kind, newton)[2]

@@ -2,8 +2,9 @@
 
 What every cell shares lives here: the arguments are checked once per public call,
 padding is zeroed once, half precision is widened, and `check_finite` reports; the
-loop itself is the cell's own `run_sequence`. Callables that are not eqrnn cells
-(Equinox's, a user's function) are wrapped in `CallableCell` first.
+loop itself is the strategy's that the mode names, chosen here by the cell's
+capabilities (`_strategy`). Callables that are not eqrnn cells (Equinox's, a user's
+function) are wrapped in `CallableCell` first.
 """
 
 import dataclasses
@@ -21,14 +22,18 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray
 
-from ._adapter import as_cell, modes_of
-from ._cell import AbstractCell
+from ._adapter import as_cell
+from ._cell import AbstractCell, AbstractChunkCell
+from ._chunkwise import run_chunkwise
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
+from ._linear_cell import AbstractLinearCell
+from ._linear_form import run_linear
 from ._loop import Plan
-from ._misc import check_bool, check_key, check_same_dtype, input_shape_of
-from ._modes import Auto, Newton, ScanMode, as_mode
-from ._newton import newton_count
+from ._misc import check_bool, check_key, check_same_dtype
+from ._modes import AbstractMode, Auto, Newton, ScanMode, Sequential, as_mode
+from ._newton import newton_count, run_newton
 from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
+from ._sequential import run_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,8 @@ class ScanOptions:
     # A `ScanMode`, its mode object after `__post_init__`.
     mode: Any = "auto"
     check_finite: bool = False
+    # Whether a layer (`RNN`) calls, which changes the fixes that errors suggest.
+    layer: bool = False
 
     def __post_init__(self) -> None:
         where = self.where
@@ -54,9 +61,10 @@ class ScanOptions:
         object.__setattr__(self, "mode", as_mode(self.mode, where))
 
     def check_cell(self, cell: Any) -> None:
-        """That `cell` runs in `mode`."""
+        """That `cell` has the capability `mode` needs: the one place that says
+        which cells a mode runs."""
         name = self.mode.name
-        if name in modes_of(cell):
+        if self.mode.supports(cell):
             return
         cell_name = type(cell).__name__
         if isinstance(self.mode, Newton):
@@ -74,7 +82,7 @@ class ScanOptions:
         )
 
 
-def _check_hidden(cell: AbstractCell, hidden: Any, where: str) -> Any:
+def _check_hidden(cell: AbstractCell, hidden: Any, where: str, layer: bool) -> Any:
     """The starting state: `hidden` checked against the cell's, or the cell's."""
     reset_state = cell.init_hidden()
     if hidden is None:
@@ -88,7 +96,7 @@ def _check_hidden(cell: AbstractCell, hidden: Any, where: str) -> Any:
             f"{where}: `hidden` must match the cell's hidden state, "
             f"{jax.tree.map(jnp.shape, reset_state)}, got "
             f"{jax.tree.map(jnp.shape, hidden)}."
-            + _hidden_hint(hidden, exp_shapes, where)
+            + _hidden_hint(hidden, exp_shapes, where, layer)
         )
     for leaf in jax.tree.leaves(hidden):
         if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
@@ -99,13 +107,15 @@ def _check_hidden(cell: AbstractCell, hidden: Any, where: str) -> Any:
     return hidden
 
 
-def _hidden_hint(hidden: Any, expected: list[tuple[int, ...]], where: str) -> str:
+def _hidden_hint(
+    hidden: Any, expected: list[tuple[int, ...]], where: str, layer: bool
+) -> str:
     """What a wrong `hidden` most likely is, and its fix."""
     got = [jnp.shape(x) for x in jax.tree.leaves(hidden)]
     if len(got) == len(expected) and all(
         len(g) == len(e) + 1 and g[1:] == e for g, e in zip(got, expected, strict=True)
     ):
-        call = "layer(x, h)" if where in _LAYERS else f"eqrnn.{where}(cell, x, h)"
+        call = "layer(x, h)" if layer else f"eqrnn.{where}(cell, x, h)"
         return (
             f" {where} sees one sequence at a time: batch the states with the "
             f"inputs, `jax.vmap(lambda x, h: {call})(inputs, hiddens)`."
@@ -121,15 +131,16 @@ def _hidden_hint(hidden: Any, expected: list[tuple[int, ...]], where: str) -> st
     )
 
 
-_LAYERS = ("RNN", "Bidirectional", "StackedRNN")
-
-
 def check_sequence(
-    inputs: Any, where: str, input_shape: tuple[int, ...] | None = None
+    inputs: Any,
+    where: str,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    layer: bool = False,
 ) -> Array:
     """`inputs` as one floating-point sequence `(time, *input_shape)` (`(time,
     input_size)` for vector inputs), or an error naming `where` whose fix (for a
-    batch: `jax.vmap`) runs."""
+    batch: `jax.vmap`; `layer`: called by a layer) runs."""
     inputs = jnp.asarray(inputs)
     ndim = 2 if input_shape is None else 1 + len(input_shape)
     if input_shape is None:
@@ -142,7 +153,7 @@ def check_sequence(
         input_shape is not None and tuple(inputs.shape[1:]) != input_shape
     ):
         hint = ""
-        if inputs.ndim == ndim + 1 and where in _LAYERS:
+        if inputs.ndim == ndim + 1 and layer:
             hint = (
                 f" A batch of sequences is mapped with `jax.vmap(layer)(batch)` "
                 f"(`layer` being this {where}), or with lengths `jax.vmap(lambda x, "
@@ -258,19 +269,34 @@ def run_scan(
     length_checked: bool = False,
 ) -> tuple[Any, Any]:
     """`(final, stacked)` of `cell` (already an eqrnn cell: see `as_cell`) over one
-    sequence: the arguments checked once, padding zeroed once, then the cell's own
-    `run_sequence` (in float32 for a half-precision cell). `stacked` is `None`
-    unless `stack`. With `length_checked`, `length` was checked by the caller."""
+    sequence: the arguments checked once, padding zeroed once, then the strategy of
+    the mode (in float32 for a half-precision cell). `stacked` is `None` unless
+    `stack`. With `length_checked`, `length` was checked by the caller."""
     inputs, hidden, plan = _plan(
         cell, inputs, hidden, options, length, resets, key, stack, length_checked
     )
+    run = _strategy(cell, plan.mode)
     if _is_half(cell.dtype):
-        final, hiddens = _half_precision_run(cell, inputs, hidden, plan)
+        final, hiddens = _half_precision_run(run, cell, inputs, hidden, plan)
     else:
-        final, hiddens = cell.run_sequence(inputs, hidden, plan)
+        final, hiddens = run(cell, inputs, hidden, plan)
     if options.check_finite:
         _raise_at_first_nonfinite(hiddens, inputs, options.reverse, options.where)
     return final, (hiddens if stack else None)
+
+
+def _strategy(cell: AbstractCell, mode: AbstractMode) -> Callable[..., Any]:
+    """The loop that runs `cell` in `mode` (concrete, and checked to support the
+    cell): `run(cell, inputs, hidden, plan) -> (final, stacked)`."""
+    if isinstance(mode, Newton):
+        return run_newton
+    if isinstance(cell, AbstractLinearCell):
+        # Every mode of a linear cell runs its coefficients through the engine.
+        return run_linear
+    if isinstance(mode, Sequential):
+        return run_steps
+    assert isinstance(cell, AbstractChunkCell), (cell, mode)
+    return run_chunkwise
 
 
 def _plan(
@@ -287,9 +313,9 @@ def _plan(
     """The checked `inputs` (zero at padding), starting state and `Plan` of a call."""
     where = options.where
     options.check_cell(cell)
-    inputs = check_sequence(inputs, where, input_shape_of(cell))
+    inputs = check_sequence(inputs, where, cell.step_input_shape(), layer=options.layer)
     num_steps = inputs.shape[0]
-    hidden = _check_hidden(cell, hidden, where)
+    hidden = _check_hidden(cell, hidden, where, options.layer)
     if not length_checked:
         length = check_length(length, num_steps, where)
     resets = _check_resets(resets, num_steps, where)
@@ -337,9 +363,10 @@ def _is_half(dtype: Any) -> bool:
 
 
 def _half_precision_run(
-    cell: AbstractCell, inputs: Array, hidden: Any, plan: Plan
+    run: Callable[..., Any], cell: AbstractCell, inputs: Array, hidden: Any, plan: Plan
 ) -> tuple[Any, Any]:
-    """`cell.run_sequence` for a bfloat16/float16 cell, computed in float32.
+    """`run(cell, ...)`, a strategy's loop, for a bfloat16/float16 cell, computed in
+    float32.
 
     The parameters, inputs and states are widened to float32, every step and the
     carried state are float32, and the final and stacked states are rounded back to
@@ -354,7 +381,7 @@ def _half_precision_run(
         lambda x: x.astype(jnp.float32) if eqx.is_inexact_array(x) else x,
         (cell, inputs, hidden),
     )
-    final, hiddens = wide_cell.run_sequence(wide_inputs, wide_hidden, plan)
+    final, hiddens = run(wide_cell, wide_inputs, wide_hidden, plan)
     return jax.tree.map(lambda x: x.astype(dtype), (final, hiddens))
 
 

@@ -3,7 +3,7 @@ block-diagonal recurrence, and `MLSTMCell`, with a matrix memory."""
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -13,6 +13,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._cell import (
     AbstractAffineInputCell,
+    AbstractChunkCell,
     AbstractStackedGatesCell,
     AbstractTupleStateCell,
     default_bias_init,
@@ -25,7 +26,7 @@ from ._linear_scan import (
     linear_scan_final,
     mask_coefficients,
 )
-from ._loop import Plan, in_chunks, step_loop
+from ._loop import Plan, from_chunks, previous, to_chunks, zero_where_padded
 from ._misc import (
     check_bool,
     check_forget_bias,
@@ -37,14 +38,7 @@ from ._misc import (
     split_key,
     with_forget_bias,
 )
-from ._modes import (
-    CHUNK_AUTO,
-    PARALLEL_MODES,
-    AbstractMode,
-    Associative,
-    Chunked,
-    Sequential,
-)
+from ._modes import Associative
 
 
 SLSTMHidden = tuple[
@@ -217,7 +211,7 @@ MLSTMHidden = tuple[
 ]
 
 
-class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
+class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell, AbstractChunkCell):
     r"""xLSTM's mLSTM (Beck et al. 2024, eq. 19-27): a matrix memory per head,
     written by an outer product, with exponential input gate and no recurrence in
     the gates, so that a whole sequence also runs in parallel over time.
@@ -271,8 +265,6 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
     num_heads: int = eqx.field(static=True)
     use_bias: bool = eqx.field(static=True)
     eps: float = eqx.field(static=True)
-    modes: ClassVar[tuple[str, ...]] = PARALLEL_MODES
-    auto_modes: ClassVar[tuple[type[AbstractMode], type[AbstractMode]]] = CHUNK_AUTO
 
     def __init__(
         self,
@@ -373,19 +365,7 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
         norm = f[:, None] * norm + i[:, None] * k
         return self._readout(memory, norm, m_new, q, o), memory, norm, m_new
 
-    def run_sequence(
-        self, inputs: Float[Array, "time input_size"], hidden: Any, plan: Plan
-    ) -> tuple[Any, Any]:
-        mode = plan.mode
-        if isinstance(mode, Sequential):
-            xs = self.project_inputs(inputs)
-            return step_loop(
-                lambda x, h, k: self.step(x, h), xs, hidden, self.init_hidden(), plan
-            )
-        run = self._chunkwise if isinstance(mode, Chunked) else self._associative
-        return in_chunks(run(plan), hidden, inputs, plan)
-
-    def _chunkwise(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
+    def chunk_form(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
         """`run(hidden, (inputs, valid, resets, keys))` for `in_chunks`: the
         chunkwise-parallel form. Within blocks of `_BLOCK` steps every
         output is a masked, stabilised attention over the block plus the memory
@@ -406,12 +386,9 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
                 x, valid = x[::-1], valid[::-1]
                 reset = None if reset is None else reset[::-1]
             block = min(_BLOCK, num_steps)
-            num_blocks = -(-num_steps // block)
-            pad = num_blocks * block - num_steps
 
             def blocks(a: Array) -> Array:
-                a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
-                return a.reshape(num_blocks, block, *a.shape[1:])
+                return to_chunks(a, block)
 
             per_step = (*self._split(self.project_inputs(x)), valid)
             if reset is not None:
@@ -429,15 +406,8 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
             )
             if stacked is None:
                 return final, None
-            stacked = jax.tree.map(
-                lambda a: a.reshape(num_blocks * block, *a.shape[2:])[:num_steps],
-                stacked,
-            )
-            stacked = jax.tree.map(
-                lambda a: jnp.where(
-                    valid.reshape(-1, *(1,) * (a.ndim - 1)), a, jnp.zeros((), a.dtype)
-                ),
-                stacked,
+            stacked = zero_where_padded(
+                valid, jax.tree.map(lambda a: from_chunks(a, num_steps), stacked)
             )
             if plan.reverse:
                 stacked = jax.tree.map(lambda a: a[::-1], stacked)
@@ -445,7 +415,7 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
 
         return run
 
-    def _associative(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
+    def associative_form(self, plan: Plan) -> Callable[[Any, Any], tuple[Any, Any]]:
         """`run(hidden, (inputs, valid, resets, keys))` for `in_chunks`: the
         parallel form over one chunk of steps (the whole sequence unless
         checkpointed)."""
@@ -482,7 +452,7 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
                 _max_plus, (shift, top), reverse=reverse
             )
             m = jnp.maximum(total + m0, best)
-            m_prev = _previous(m, m0, reverse)
+            m_prev = previous(m, m0, reverse)
             if reset is not None:
                 m_prev = jnp.where(reset[:, None], reset_m, m_prev)
             f = jnp.exp(log_f + m_prev - m)
@@ -517,14 +487,7 @@ class MLSTMCell(AbstractTupleStateCell, AbstractAffineInputCell):
                 return (h, memory, norm, m_final), None
             memories, norms = unflat(states)
             stacked = (self._readout(memories, norms, m, q, o), memories, norms, m)
-            if ok is not None:
-                stacked = jax.tree.map(
-                    lambda s: jnp.where(
-                        ok.reshape(-1, *(1,) * (s.ndim - 1)), s, jnp.zeros((), s.dtype)
-                    ),
-                    stacked,
-                )
-            return (h, memory, norm, m_final), stacked
+            return (h, memory, norm, m_final), zero_where_padded(ok, stacked)
 
         return run
 
@@ -632,10 +595,3 @@ def _max_plus(earlier: Any, later: Any) -> Any:
     """Compose m -> max(a1 + m, b1), then m -> max(a2 + m, b2)."""
     (a1, b1), (a2, b2) = earlier, later
     return a1 + a2, jnp.maximum(a2 + b1, b2)
-
-
-def _previous(m: Array, start: Array, reverse: bool) -> Array:
-    """Each step's previous stabiliser: `start` for the first step."""
-    if reverse:
-        return jnp.concatenate([m[1:], start[None]])
-    return jnp.concatenate([start[None], m[:-1]])

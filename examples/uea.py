@@ -41,6 +41,19 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 import eqrnn
 
 
+# Every `mode` by its name.
+MODES = {
+    m.name: m
+    for m in (
+        eqrnn.Auto(),
+        eqrnn.Sequential(),
+        eqrnn.Associative(),
+        eqrnn.Chunked(),
+        eqrnn.Newton(),
+    )
+}
+
+
 def _cell_name(cls: type) -> str:
     """`GRUCell` -> `gru`, `LayerNormLSTMCell` -> `layernorm-lstm`, `LRU` -> `lru`."""
     name = cls.__name__.removesuffix("Cell")
@@ -424,9 +437,11 @@ def run(
     """
     if cell not in CELLS:
         raise ValueError(f"`cell` must be one of {list(CELLS)}, got {cell!r}.")
-    modes = CELLS[cell].modes
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {list(MODES)}, got {mode!r}.")
+    modes = [name for name, m in MODES.items() if m.supports(CELLS[cell])]
     if mode not in modes:
-        able = [name for name, cls in CELLS.items() if mode in cls.modes]
+        able = [name for name, cls in CELLS.items() if MODES[mode].supports(cls)]
         raise ValueError(
             f"`mode={mode!r}` does not run {CELLS[cell].__name__} (its modes: "
             f"{', '.join(modes)}); the cells that take it: {', '.join(able)}."

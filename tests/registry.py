@@ -220,7 +220,7 @@ class CellCase:
     def parallel(self) -> bool:
         """Whether the cell also runs in parallel over time (the linear cells and
         `MLSTMCell`: every `mode` of the scan helpers)."""
-        return "associative" in self.cls.modes
+        return eqrnn.Associative().supports(self.cls)
 
     def make(self, input_size: int, hidden_size: int, **kwargs: Any) -> Any:
         """The cell at these sizes (`RGLRU`: `input_size` becomes `hidden_size`)."""
