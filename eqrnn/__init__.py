@@ -5,9 +5,12 @@ import importlib.metadata as _metadata
 from . import interop as interop
 from ._adapter import CallableCell as CallableCell
 from ._cell import (
+    AbstractArrayStateCell as AbstractArrayStateCell,
     AbstractCell as AbstractCell,
     AbstractNewtonCell as AbstractNewtonCell,
     AbstractStepCell as AbstractStepCell,
+    AbstractStochasticCell as AbstractStochasticCell,
+    AbstractTupleStateCell as AbstractTupleStateCell,
 )
 from ._conv_lstm import ConvLSTMCell as ConvLSTMCell
 from ._gru import GRUCell as GRUCell
@@ -63,11 +66,14 @@ __version__ = _metadata.version("eqrnn")
 """The installed version of eqrnn, from the package metadata."""
 
 __all__ = [
+    "AbstractArrayStateCell",
     "AbstractCell",
     "AbstractLinearCell",
     "AbstractMode",
     "AbstractNewtonCell",
     "AbstractStepCell",
+    "AbstractStochasticCell",
+    "AbstractTupleStateCell",
     "Associative",
     "Auto",
     "Bidirectional",

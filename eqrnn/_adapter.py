@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PyTree
 
-from ._cell import AbstractCell
+from ._cell import AbstractCell, AbstractStochasticCell
 
 
-class CallableCell(AbstractCell):
+class CallableCell(AbstractStochasticCell):
     """A callable `fn(input, hidden, *, key=None) -> hidden`, such as
     `equinox.nn.GRUCell`, `equinox.nn.LSTMCell` or a user's function, as an eqrnn
     cell. `scan_last`, `scan_all_hidden` and the layers wrap any such callable in

@@ -86,6 +86,17 @@ class AbstractCell(eqx.Module):
         """
 
     @abc.abstractmethod
+    def step_input_shape(self) -> tuple[int, ...] | None:
+        """The shape of one step's input, which the scan helpers and layers check.
+
+        **Returns:**
+
+        `(input_size,)` for a vector input (`ConvLSTMCell`: `(*spatial,
+        channels)`), or `None` for a cell that does not say (a `CallableCell`
+        around a plain function).
+        """
+
+    @abc.abstractmethod
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         """The shape of each array in the hidden state.
 
@@ -127,19 +138,6 @@ class AbstractCell(eqx.Module):
             return self.initial_hidden
         zeros = tuple(jnp.zeros(s, self.dtype) for s in self.hidden_shapes())
         return zeros[0] if len(zeros) == 1 else zeros  # pyright: ignore[reportReturnType]
-
-    def keyed_step(self, projected: Array, hidden: Any, key: Any) -> Any:
-        """`step` with this step's `jax.random` key, for a stochastic cell (the
-        scan helpers' `key=` split per step). The built-in cells are deterministic:
-        they ignore it and run `step`."""
-        del key
-        return self.step(projected, hidden)
-
-    def step_input_shape(self) -> tuple[int, ...] | None:
-        """The shape of one step's input: `(input_size,)` (`ConvLSTMCell`: its
-        `input_shape`), or `None` for a cell that does not say (a `CallableCell`
-        around a plain function)."""
-        return (self.input_size,)
 
     def __call__(
         self, input: Input, hidden: HiddenLike, *, key: PRNGKeyArray | None = None
@@ -283,6 +281,27 @@ class AbstractChunkCell(AbstractCell):
         """The same, every step at once by an associative scan."""
 
 
+class AbstractStochasticCell(AbstractCell):
+    """A cell whose step draws random numbers: the scan helpers' `key=`, split per
+    step, reaches it through `keyed_step` (`CallableCell` passes it on to its
+    function). Other cells are deterministic and run `step`."""
+
+    @abc.abstractmethod
+    def keyed_step(self, projected: Array, hidden: Any, key: Any) -> Any:
+        """`step` with this step's `jax.random` key.
+
+        **Arguments:**
+
+        - `projected`: `project_inputs` of this step's input.
+        - `hidden`: the hidden state from the previous step.
+        - `key`: this step's key.
+
+        **Returns:**
+
+        The new hidden state.
+        """
+
+
 class AbstractPointwiseCell(AbstractNewtonCell):
     """A cell whose step is `_pointwise(projected, weight_hh @ h, hidden)`, `h` the
     first array of `hidden`, where unit `j` of the new state reads only unit `j` of
@@ -319,6 +338,9 @@ class AbstractAffineInputCell(AbstractCell):
         self, inputs: Float[Array, "*time input_size"]
     ) -> Float[Array, "*time projected"]:
         return affine(inputs, self.weight_ih, self.bias)
+
+    def step_input_shape(self) -> tuple[int, ...]:
+        return (self.input_size,)
 
 
 class AbstractStackedGatesCell(AbstractStepCell, AbstractAffineInputCell):

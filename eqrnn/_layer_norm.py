@@ -161,6 +161,9 @@ class LayerNormLSTMCell(AbstractStepCell, AbstractTupleStateCell):
             carry_init, ckey, self.hidden_shapes(), dtype
         )
 
+    def step_input_shape(self) -> tuple[int, ...]:
+        return (self.input_size,)
+
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         return ((self.hidden_size,), (self.hidden_size,))
 

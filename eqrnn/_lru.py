@@ -174,6 +174,9 @@ class LRU(AbstractLinearCell, AbstractTupleStateCell):
             carry_init, hkey, self.hidden_shapes(), dtype
         )
 
+    def step_input_shape(self) -> tuple[int, ...]:
+        return (self.input_size,)
+
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         return ((self.hidden_size,), (2 * self.state_size,))
 
@@ -356,6 +359,9 @@ class RGLRU(AbstractArrayStateLinearCell):
         # The gates' pre-activations, then the input itself (gated in the step).
         gates = affine(inputs, self.weight_ih, self.bias)
         return jnp.concatenate([gates, inputs], axis=-1)
+
+    def step_input_shape(self) -> tuple[int, ...]:
+        return (self.input_size,)
 
     def linear_coefficients(
         self, projected: Float[Array, "*time projected"]

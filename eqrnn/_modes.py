@@ -140,9 +140,9 @@ class Newton(AbstractMode):
         - `"diagonal"`: its diagonal (quasi-DEER): O(time n), more iterations;
         - `"auto"`: `"full"` up to 32 state entries, else `"blocks"`.
 
-        The built-in `SimpleCell`, `GRUCell`, `LSTMCell` (without `proj_size`) and
-        `MGUCell` provide blocks and diagonals analytically; other cells (and
-        yours, unless it subclasses `eqrnn.AbstractNewtonCell`) take `"full"`.
+        A cell that subclasses `eqrnn.AbstractNewtonCell` gives its blocks and
+        diagonals analytically (the built-in gated cells do, except an `LSTMCell`
+        with `proj_size`, whose arrays differ in size); any other takes `"full"`.
     - `max_iterations`: the most iterations of the forward pass and of each
         linear solve of the backward pass. `None` (the default) is the sequence
         length, which is always exact: iteration $k$ makes the first $k$ states

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._cell import AbstractCell, AbstractNewtonCell
+from ._cell import AbstractCell, AbstractNewtonCell, AbstractStochasticCell
 from ._linear_scan import DEFAULT_CHUNK_SIZE, _run
 from ._loop import Plan, previous
 from ._modes import Newton, Sequential, linear_engine
@@ -142,6 +142,12 @@ class _System(eqx.Module):
             start += size
         return jax.tree.unflatten(self.treedef, leaves)
 
+    def _step(self, x: Array, hidden: Any, key: Any) -> Any:
+        cell = self.cell
+        if key is not None and isinstance(cell, AbstractStochasticCell):
+            return cell.keyed_step(x, hidden, key)
+        return cell.step(x, hidden)
+
     def start(self, xs: Any, prev: Array) -> Array:
         """The state a step reads: the reset state at a reset step, else `prev`."""
         reset = xs[3]
@@ -150,9 +156,7 @@ class _System(eqx.Module):
     def step(self, xs: Any, prev: Array) -> Array:
         """One step on flattened states; a padded step keeps `prev`."""
         x, key, valid, _ = xs
-        new = flatten(
-            self.cell.keyed_step(x, self.unflatten(self.start(xs, prev)), key)
-        )
+        new = flatten(self._step(x, self.unflatten(self.start(xs, prev)), key))
         return new if valid is None else jnp.where(valid, new, prev)
 
     def steps(self, xs: Any, prevs: Array) -> Array:

@@ -3,7 +3,7 @@
 What every cell shares lives here: the arguments are checked once per public call,
 padding is zeroed once, half precision is widened, and `check_finite` reports; the
 loop itself is the strategy's that the mode names, chosen here by the cell's
-capabilities (`_strategy`). Callables that are not eqrnn cells (Equinox's, a user's
+capabilities (`_strategy.py`). Callables that are not eqrnn cells (Equinox's, a user's
 function) are wrapped in `CallableCell` first.
 """
 
@@ -23,17 +23,14 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Int, PRNGKeyArray
 
 from ._adapter import as_cell
-from ._cell import AbstractCell, AbstractChunkCell
-from ._chunkwise import run_chunkwise
+from ._cell import AbstractCell
 from ._custom_types import AnyHidden, AnyHiddenLike, AnyHiddens, Inputs, Length
-from ._linear_cell import AbstractLinearCell
-from ._linear_form import run_linear
 from ._loop import Plan
 from ._misc import check_bool, check_key, check_same_dtype
-from ._modes import AbstractMode, Auto, Newton, ScanMode, Sequential, as_mode
-from ._newton import newton_count, run_newton
+from ._modes import Auto, Newton, ScanMode, as_mode
+from ._newton import newton_count
 from ._platform import Unroll, check_unroll, hoists_projection, resolve_unroll
-from ._sequential import run_steps
+from ._strategy import strategy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +272,7 @@ def run_scan(
     inputs, hidden, plan = _plan(
         cell, inputs, hidden, options, length, resets, key, stack, length_checked
     )
-    run = _strategy(cell, plan.mode)
+    run = strategy(cell, plan.mode)
     if _is_half(cell.dtype):
         final, hiddens = _half_precision_run(run, cell, inputs, hidden, plan)
     else:
@@ -283,20 +280,6 @@ def run_scan(
     if options.check_finite:
         _raise_at_first_nonfinite(hiddens, inputs, options.reverse, options.where)
     return final, (hiddens if stack else None)
-
-
-def _strategy(cell: AbstractCell, mode: AbstractMode) -> Callable[..., Any]:
-    """The loop that runs `cell` in `mode` (concrete, and checked to support the
-    cell): `run(cell, inputs, hidden, plan) -> (final, stacked)`."""
-    if isinstance(mode, Newton):
-        return run_newton
-    if isinstance(cell, AbstractLinearCell):
-        # Every mode of a linear cell runs its coefficients through the engine.
-        return run_linear
-    if isinstance(mode, Sequential):
-        return run_steps
-    assert isinstance(cell, AbstractChunkCell), (cell, mode)
-    return run_chunkwise
 
 
 def _plan(

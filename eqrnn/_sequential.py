@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._cell import AbstractCell, AbstractStepCell
+from ._cell import AbstractCell, AbstractStepCell, AbstractStochasticCell
 from ._loop import Plan, in_chunks, tree_where
 
 
@@ -22,7 +22,8 @@ def run_steps(
     """`(final, stacked)`: `cell`'s step run over `inputs` by `lax.scan`; a padded
     step keeps the state (and is zero in `stacked`), a reset step starts from the
     cell's `init_hidden()`."""
-    stack, keyed = plan.stack, plan.keys is not None
+    stack = plan.stack
+    keyed = plan.keys is not None and isinstance(cell, AbstractStochasticCell)
     reset_state = cell.init_hidden()
     # A step-by-step cell reads its inputs projected before the loop where the
     # platform gains by it, and may give a faster form of its step (`fused_step`);
@@ -40,6 +41,7 @@ def run_steps(
         else:
             projected = x if hoist else cell.project_inputs(x)
             if keyed:
+                assert isinstance(cell, AbstractStochasticCell)
                 new = cell.keyed_step(projected, start, key)
             else:
                 new = cell.step(projected, start)

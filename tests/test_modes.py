@@ -2,6 +2,8 @@
 `Auto` runs, a bad mode is refused naming `mode`, and the objects pass through
 `jax.jit` as arguments and as `RNN` fields."""
 
+import os
+import traceback
 from typing import Any
 
 import equinox as eqx
@@ -174,3 +176,60 @@ def test_scan_helpers_take_mode_objects_under_jit(getkey):
         filtered(cell, xs, mode=eqrnn.Chunked()),
         eqrnn.scan_last(cell, xs, mode="sequential"),
     )
+
+
+def _eqrnn_frames() -> list[str]:
+    """The names of the eqrnn functions on the stack, outermost first."""
+    package = os.path.dirname(eqrnn.__file__) + os.sep
+    return [f.name for f in traceback.extract_stack() if f.filename.startswith(package)]
+
+
+def test_at_most_seven_eqrnn_frames_from_rnn_call_to_a_cells_arithmetic(
+    getkey, monkeypatch
+):
+    # The generic step: a GRU with its own activation, which records the stack.
+    seen: list[list[str]] = []
+
+    def tanh(x):
+        seen.append(_eqrnn_frames())
+        return jnp.tanh(x)
+
+    cell = eqrnn.GRUCell(2, 3, activation_fn=tanh, key=getkey())
+    eqrnn.RNN(cell)(jnp.ones((4, 2), cell.dtype))
+    generic = seen[-1]
+    assert generic[0] == "__call__" and generic[-1] == "_pointwise", generic
+    assert len(generic) <= 7, generic
+
+    # The fused step the CPU runs by default: the kernel is one frame more than
+    # what calls it.
+    original = eqrnn._gru.gru_pointwise  # pyright: ignore[reportAttributeAccessIssue]
+
+    def recording(*args):
+        seen.append(_eqrnn_frames())
+        return original(*args)
+
+    monkeypatch.setattr(eqrnn._gru, "gru_pointwise", recording)  # pyright: ignore[reportAttributeAccessIssue]
+    with eqrnn.tuned_for("cpu"):
+        eqrnn.RNN(eqrnn.GRUCell(2, 3, key=getkey()))(jnp.ones((4, 2), cell.dtype))
+    fused = seen[-1]
+    assert fused[0] == "__call__", fused
+    assert len(fused) + 1 <= 7, fused
+
+    # A linear cell: the coefficients are the arithmetic.
+    seen.clear()
+    mingru = eqrnn.MinGRU(2, 3, key=getkey())
+    monkeypatch.setattr(
+        type(mingru),
+        "linear_coefficients",
+        _recorded(type(mingru).linear_coefficients, seen),
+    )
+    eqrnn.RNN(mingru)(jnp.ones((4, 2), mingru.dtype))
+    assert seen and len(seen[-1]) + 1 <= 7, seen[-1]
+
+
+def _recorded(method, seen):
+    def wrapper(*args):
+        seen.append(_eqrnn_frames())
+        return method(*args)
+
+    return wrapper

@@ -9,6 +9,7 @@ import pathlib
 import pkgutil
 
 import equinox as eqx
+import pytest
 
 import eqrnn
 
@@ -83,6 +84,33 @@ def test_the_scan_asks_no_cell_what_it_is():
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance":
             assert ast.unparse(node.args[0]) not in ("cell", "self"), ast.unparse(node)
+
+
+# The modules that run a mode's loop (and the engine they share).
+STRATEGIES = {
+    "_sequential",
+    "_linear_form",
+    "_chunkwise",
+    "_newton",
+    "_strategy",
+    "_linear_scan",
+    "_scan",
+}
+
+
+def _imports(module: str) -> set[str]:
+    path = pathlib.Path(eqrnn.__file__).with_name(f"{module}.py")
+    tree = ast.parse(path.read_text())
+    return {
+        (n.module or "").lstrip(".")
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.level == 1
+    }
+
+
+@pytest.mark.parametrize("interface", ["_cell", "_linear_cell", "_loop", "_jacobians"])
+def test_the_interfaces_import_no_strategy(interface):
+    assert not _imports(interface) & STRATEGIES, _imports(interface)
 
 
 def test_every_exported_cell_is_registered():
