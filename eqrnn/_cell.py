@@ -146,7 +146,8 @@ class AbstractCell(eqx.Module):
 
         **Arguments:**
 
-        - `input`: the input at this step, shape `(input_size,)`.
+        - `input`: the input at this step, of shape `step_input_shape()`:
+            `(input_size,)`, or `(*spatial, channels)` for `ConvLSTMCell`.
         - `hidden`: the hidden state from the previous step (see `init_hidden`).
         - `key`: ignored by the deterministic built-in cells; accepted for
             compatibility with the rest of the Equinox API. (Keyword only argument.)

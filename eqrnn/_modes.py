@@ -162,10 +162,10 @@ class Newton(AbstractMode):
 
     Memory: the backward pass keeps every step's state and the step's
     linearisation at it, as the sequential scan keeps its residuals, and the
-    iterations hold a few more `(time, n)` buffers: XLA planned 88 MiB against
-    the sequential scan's 36 MiB (`GRUCell`, 8 sequences of 2048 steps, I=H=64,
-    forward and backward, diagonal), 824 MiB with the full Jacobian. `checkpoint`
-    does not lower it (every state is needed by the method itself).
+    iterations hold a few more `(time, n)` buffers, so it needs a few times the
+    sequential scan's memory with blocks or diagonals and far more with the full
+    Jacobian (measured in BENCHMARKS.md). `checkpoint` does not lower it (every
+    state is needed by the method itself).
 
     Newton pays when a step is cheap next to its launch overhead (an accelerator,
     long sequences, modest hidden sizes) and the dynamics forget quickly. On a CPU

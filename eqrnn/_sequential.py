@@ -30,8 +30,8 @@ def run_steps(
     # any other cell's projection leaves the loop.
     step_cell = isinstance(cell, AbstractStepCell)
     hoist = plan.hoist or not step_cell
-    fused = cell.fused_step(hoist) if step_cell else None
     xs = cell.project_inputs(inputs) if hoist else inputs
+    fused = cell.fused_step(hoist) if step_cell else None
 
     def body(carry: Any, step_in: Any) -> tuple[Any, Any]:
         x, ok, reset, key = step_in

@@ -80,7 +80,6 @@ def _vector_cells() -> dict[str, type]:
 
 
 CELLS = _vector_cells()
-MODES = ("auto", "sequential", "associative", "chunked", "newton")
 DEFAULT_CELL = "gru"  # the best mean on JapaneseVowels in BENCHMARKS.md's table
 TABLE_CELLS = ("gru", "lstm", "mingru", "lru", "slstm", "mlstm")
 TABLE_DATASETS = (
@@ -609,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mode",
-        choices=MODES,
+        choices=list(MODES),
         default="auto",
         help=(
             "how the time loop runs (default auto): sequential; newton for the "

@@ -108,6 +108,9 @@ class _UserCell(eqrnn.AbstractStepCell):
     def hidden_shapes(self) -> tuple[tuple[int, ...], ...]:
         return ((self.hidden_size,),)
 
+    def step_input_shape(self) -> tuple[int, ...]:
+        return (self.input_size,)
+
     def output(self, hidden: Array) -> Array:
         return hidden
 
