@@ -4,6 +4,12 @@ A new cell takes one `CellCase` here: its class, its family, how many gate block
 its `weight_ih` stacks (if it stacks them), and its equations written out in NumPy
 from its docstring (float64), which `test_cells.py` and `test_parallel_cells.py`
 compare one step of the cell with.
+
+This is the only list of cells in `tests/`: every other test that runs several
+cells selects them from `CASES` by capability (the selections at the end of this
+file: a public base class such as `eqrnn.AbstractNewtonCell`, a class's `modes`, the
+kind of hidden state, or a `CellCase` field such as `fused`), so that a new cell is
+tested wherever its capabilities say, without editing another file.
 """
 
 import dataclasses
@@ -11,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
+import jax.random as jr
 import numpy as np
 
 import eqrnn
@@ -211,6 +218,11 @@ class CellCase:
     build it; `ConvLSTMCell` reads `(*spatial, channels)` and has its own tests."""
     options: tuple[tuple[str, Any], ...] = ()
     """Constructor options the tests use besides the sizes (small state sizes)."""
+    fused: bool = False
+    """Whether the cell, built with its default nonlinearities, has a fused step
+    (`fused_step(hoisted)` is not `None`): the faster form of its step that the
+    scan helpers run in its place. `tests/test_fused.py` checks this field both
+    ways and compares each fused step with the generic one."""
 
     @property
     def name(self) -> str:
@@ -222,6 +234,24 @@ class CellCase:
         `MLSTMCell`: every `mode` of the scan helpers)."""
         return eqrnn.Associative().supports(self.cls)
 
+    @property
+    def family(self) -> type:
+        """How the cell runs a sequence: `eqrnn.AbstractStepCell` (one step after
+        another), `eqrnn.AbstractLinearCell` (a linear recurrence), or for a cell of
+        neither the class itself (`MLSTMCell`, with its chunkwise form)."""
+        for base in (eqrnn.AbstractStepCell, eqrnn.AbstractLinearCell):
+            if issubclass(self.cls, base):
+                return base
+        return self.cls
+
+    @property
+    def tuple_state(self) -> bool:
+        """Whether the hidden state is a tuple of arrays (`LSTMCell`'s `(h, c)`),
+        not one array: from `hidden_shapes()` of a small cell (built abstractly,
+        without computing its parameters)."""
+        cell = eqx.filter_eval_shape(lambda: self.make(2, 2, key=jr.key(0)))
+        return len(cell.hidden_shapes()) > 1
+
     def make(self, input_size: int, hidden_size: int, **kwargs: Any) -> Any:
         """The cell at these sizes (`RGLRU`: `input_size` becomes `hidden_size`)."""
         if self.square:
@@ -230,10 +260,10 @@ class CellCase:
 
 
 CASES = (
-    CellCase(eqrnn.SimpleCell, _simple, num_gates=1),
-    CellCase(eqrnn.GRUCell, _gru, num_gates=3),
-    CellCase(eqrnn.LSTMCell, _lstm, num_gates=4),
-    CellCase(eqrnn.MGUCell, _mgu, num_gates=2),
+    CellCase(eqrnn.SimpleCell, _simple, num_gates=1, fused=True),
+    CellCase(eqrnn.GRUCell, _gru, num_gates=3, fused=True),
+    CellCase(eqrnn.LSTMCell, _lstm, num_gates=4, fused=True),
+    CellCase(eqrnn.MGUCell, _mgu, num_gates=2, fused=True),
     CellCase(eqrnn.LayerNormLSTMCell, _layer_norm_lstm, num_gates=4),
     CellCase(eqrnn.LayerNormGRUCell, _layer_norm_gru, num_gates=3),
     CellCase(eqrnn.SLSTMCell, _slstm),
@@ -250,3 +280,28 @@ STEP_CELLS = [case.cls for case in _VECTOR if not case.parallel]
 PARALLEL_CELLS = [case.cls for case in _VECTOR if case.parallel]
 REGISTERED = [case.cls for case in CASES]
 ALL_CELLS = [case.cls for case in _VECTOR]
+
+
+def representatives(cells: list[Any], *, by: Callable[[CellCase], Any]) -> list[Any]:
+    """The first of `cells` (in the registry's order) for each value of `by(case)`:
+    one cell per family, say, for a slow test that need not run every cell, and
+    that picks up a cell of a new family by itself."""
+    chosen: dict[Any, Any] = {}
+    for cls in cells:
+        chosen.setdefault(by(BY_CLASS[cls]), cls)
+    return list(chosen.values())
+
+
+# Cells with an analytic Jacobian per unit, for `Newton("blocks")` and
+# `Newton("diagonal")` (the other step cells run Newton with the full Jacobian).
+NEWTON_UNIT_CELLS = [
+    cls for cls in ALL_CELLS if issubclass(cls, eqrnn.AbstractNewtonCell)
+]
+# Cells with a fused step (`CellCase.fused`).
+FUSED_CELLS = [case.cls for case in _VECTOR if case.fused]
+# One cell per family (`CellCase.family`).
+FAMILY_REPRESENTATIVES = representatives(ALL_CELLS, by=lambda case: case.family)
+# One cell per family and kind of hidden state (one array or a tuple).
+STATE_REPRESENTATIVES = representatives(
+    ALL_CELLS, by=lambda case: (case.family, case.tuple_state)
+)

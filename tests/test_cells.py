@@ -3,6 +3,8 @@
 The comparisons against PyTorch and Flax NNX live in `test_reference.py`.
 """
 
+import inspect
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -14,7 +16,7 @@ import pytest
 import eqrnn
 
 from .helpers import assert_tree_allclose, random_params, tolerance
-from .registry import BY_CLASS, STEP_CELLS, sigmoid as _sigmoid
+from .registry import ALL_CELLS, BY_CLASS, STEP_CELLS, sigmoid as _sigmoid
 
 
 CELLS = STEP_CELLS
@@ -186,7 +188,11 @@ def test_forget_bias_without_bias_is_rejected(getkey):
         eqrnn.LSTMCell(3, 4, use_bias=False, forget_bias=1.0, key=getkey())
 
 
-@pytest.mark.parametrize("cls", [eqrnn.LSTMCell, eqrnn.MinLSTM])
+# Every cell that takes the option.
+@pytest.mark.parametrize(
+    "cls",
+    [cls for cls in ALL_CELLS if "forget_bias" in inspect.signature(cls).parameters],
+)
 def test_forget_bias_that_is_not_a_number_is_rejected(cls, getkey, no_jaxtyping):
     match = f"{cls.__name__}: `forget_bias` must be a float, got '1'"
     with pytest.raises(TypeError, match=match):

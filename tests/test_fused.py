@@ -10,6 +10,7 @@ mode and to second order, with `length`, `reverse`, `resets`, `checkpoint` and
 `vmap`.
 """
 
+import inspect
 from typing import Any
 
 import equinox as eqx
@@ -27,6 +28,7 @@ from .helpers import (
     random_params,
     tolerance,
 )
+from .registry import CASES, FUSED_CELLS, representatives
 
 
 # Each test runs under the CPU's and the GPU's choices (`each_platform`); the two
@@ -34,45 +36,57 @@ from .helpers import (
 # the step's form (hoisted or not), not its dtype or bias.
 
 
-CELLS = {
-    "lstm": eqrnn.LSTMCell,
-    "gru": eqrnn.GRUCell,
-    "mgu": eqrnn.MGUCell,
-    "simple": eqrnn.SimpleCell,
-    "simple-residual": eqrnn.SimpleCell,
+def _takes(cls: type, option: str) -> bool:
+    return option in inspect.signature(cls.__init__).parameters
+
+
+# Every cell with a fused step (the registry's `fused` cells), and again with
+# `residual=True` each that takes it (its fused step adds `h` to the pre-activation).
+CELLS: dict[str, tuple[type, dict[str, Any]]] = {
+    cls.__name__: (cls, {}) for cls in FUSED_CELLS
+} | {
+    f"{cls.__name__}-residual": (cls, {"residual": True})
+    for cls in FUSED_CELLS
+    if _takes(cls, "residual")
 }
 
 
 def _pair(kind: str, dtype: Any, key: Any, use_bias: bool = True) -> tuple[Any, Any]:
     """(fused, generic) cells of `kind` with the same random parameters."""
-    cls = CELLS[kind]
+    cls, kind_options = CELLS[kind]
     generic = generic_step_options(cls)
     options: dict[str, Any] = {"use_bias": use_bias, "dtype": dtype, "key": jr.key(0)}
-    if kind == "simple-residual":
-        options["residual"] = True
-    make = lambda **kw: random_params(cls(3, 3, **options, **kw), key)  # noqa: E731
+    make = lambda **kw: random_params(  # noqa: E731
+        cls(3, 3, **options, **kind_options, **kw), key
+    )
     return make(), make(**generic)
 
 
 @pytest.mark.usefixtures("each_platform")
 def test_which_cells_fuse():
+    # The registry's `fused` field, both ways: each cell it names fuses, with and
+    # without a bias, and every other step cell runs its generic step.
     key = jr.key(0)
+    for cls, options in CELLS.values():
+        for use_bias in (True, False):
+            cell = cls(2, 3, use_bias=use_bias, **options, key=key)
+            assert cell.fused_step(hoisted=False) is not None, cell
+            assert cell.fused_step(hoisted=True) is not None, cell
+    unfused = [
+        case.make(2, 3, key=key)
+        for case in CASES
+        if issubclass(case.cls, eqrnn.AbstractStepCell)
+        and case.vector_input
+        and not case.fused
+    ]
+    assert unfused, "no step cell without a fused step left to check"
+    # Another nonlinearity, a projection, or a cell without a fused step: the
+    # generic step.
     for cell in (
-        eqrnn.LSTMCell(2, 3, key=key),
-        eqrnn.GRUCell(2, 3, key=key),
-        eqrnn.GRUCell(2, 3, use_bias=False, key=key),
-        eqrnn.MGUCell(2, 3, key=key),
-        eqrnn.SimpleCell(2, 3, key=key),
-        eqrnn.SimpleCell(2, 3, residual=True, key=key),
-    ):
-        assert cell.fused_step(hoisted=False) is not None, cell
-        assert cell.fused_step(hoisted=True) is not None, cell
-    # Another nonlinearity, a projection, or a linear cell (which has its own
-    # engine): the generic step.
-    for cell in (
+        *unfused,
         *(
             cls(2, 3, **generic_step_options(cls), key=key)
-            for cls in dict.fromkeys(CELLS.values())
+            for cls in dict.fromkeys(cls for cls, _ in CELLS.values())
         ),
         eqrnn.LSTMCell(2, 3, activation_fn=jax.nn.relu, key=key),
         eqrnn.LSTMCell(2, 3, proj_size=2, key=key),
@@ -223,9 +237,16 @@ def test_fused_forward_mode_and_second_order(kind, use_bias, getkey):
 
 
 @pytest.mark.usefixtures("each_platform")
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        cls.__name__
+        for cls in representatives(FUSED_CELLS, by=lambda case: case.tuple_state)
+    ],
+)
 def test_fused_under_vmap_over_cells(kind, getkey):
-    """An ensemble: the weights themselves are batched by `vmap`."""
+    """An ensemble: the weights themselves are batched by `vmap` (a cell whose
+    state is an array and one whose state is a tuple)."""
     keys = jr.split(getkey(), 2)
     fused, generic = eqx.filter_vmap(lambda k: _pair(kind, jnp.float64, k))(keys)
     xs = jr.normal(getkey(), (2, 5, 3), jnp.float64)

@@ -18,15 +18,16 @@ import pytest
 import eqrnn
 
 from .helpers import assert_tree_allclose
-from .registry import ALL_CELLS, PARALLEL_CELLS
+from .registry import ALL_CELLS, PARALLEL_CELLS, STATE_REPRESENTATIVES
 
 
 # Each test runs under the CPU's and the GPU's choices (`eqrnn.tuned_for`). The tests
 # of every cell run each cell under the CPU's, and under the GPU's (the projection
-# hoisted, unroll 8, associative linear scans) one cell per family and kind of state:
-# the platform's choice lives in the family's loop, which every cell of it shares
-# (`tests/test_fused.py` runs each built-in fast step under both).
-GPU_CELLS = (eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MinGRU, eqrnn.LRU, eqrnn.MLSTMCell)
+# hoisted, unroll 8, associative linear scans) one cell per family and kind of state,
+# the registry's first of each (`STATE_REPRESENTATIVES`): the platform's choice lives
+# in the family's loop, which every cell of it shares (`tests/test_fused.py` runs each
+# built-in fast step under both).
+GPU_CELLS = STATE_REPRESENTATIVES
 CELL_PLATFORMS = [
     pytest.param(platform, cls, id=f"{platform}-{cls.__name__}")
     for platform in ("cpu", "gpu")  # as `each_platform`

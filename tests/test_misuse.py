@@ -13,6 +13,8 @@ import torch
 
 import eqrnn
 
+from .registry import FAMILY_REPRESENTATIVES
+
 
 pytestmark = pytest.mark.usefixtures("no_jaxtyping")
 
@@ -149,7 +151,8 @@ def test_dir_shows_only_the_public_names():
     assert set(eqrnn.__all__) <= set(dir(eqrnn))
 
 
-@pytest.mark.parametrize("cls", [eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MinGRU])
+# One cell per family (the registry's first of each).
+@pytest.mark.parametrize("cls", FAMILY_REPRESENTATIVES, ids=lambda c: c.__name__)
 def test_streaming_is_bit_exact_in_float32_for_step_cells_on_cpu(cls):
     """On the CPU a step-by-step cell projects each step's input inside the loop,
     so a one-step scan computes what each step of the whole sequence computes. A

@@ -14,9 +14,9 @@ from jax.test_util import check_grads
 import eqrnn
 
 from .helpers import assert_tree_allclose
+from .registry import NEWTON_UNIT_CELLS, representatives
 
 
-NEWTON_CELLS = [eqrnn.SimpleCell, eqrnn.GRUCell, eqrnn.LSTMCell, eqrnn.MGUCell]
 LINEARISATIONS = ["full", "blocks", "diagonal"]
 # Compiled once per cell, shape and mode (eager calls compile each piece apart).
 _scan = eqx.filter_jit(eqrnn.scan_all_hidden)
@@ -63,7 +63,7 @@ def _random_case(cls, key, num_steps, hidden_size):
 
 
 @pytest.mark.parametrize("linearisation", LINEARISATIONS)
-@pytest.mark.parametrize("cls", NEWTON_CELLS)
+@pytest.mark.parametrize("cls", NEWTON_UNIT_CELLS)
 def test_values_and_derivatives_equal_the_sequential_scan(cls, linearisation, getkey):
     # float64, to 1e-10: the states, the final state, gradients with respect to
     # the parameters, the inputs and the starting state, and a forward-mode
@@ -75,7 +75,7 @@ def test_values_and_derivatives_equal_the_sequential_scan(cls, linearisation, ge
     assert_tree_allclose(got, want, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("cls", NEWTON_CELLS)
+@pytest.mark.parametrize("cls", NEWTON_UNIT_CELLS)
 def test_unit_jacobians_are_the_blocks_of_the_full_jacobian(cls, getkey):
     kw = (
         {"residual": True, "activation_fn": jax.nn.softplus}
@@ -132,11 +132,14 @@ def _hessian_vector_products(cell, xs, hidden, length, resets, mode):
     return forward, eqx.filter_grad(along)(args)
 
 
-@pytest.mark.parametrize("cls", [eqrnn.GRUCell, eqrnn.LSTMCell])
+@pytest.mark.parametrize(
+    "cls", representatives(NEWTON_UNIT_CELLS, by=lambda case: case.tuple_state)
+)
 def test_second_derivatives_equal_the_sequential_scan(cls, getkey):
     # The derivative rule is itself differentiable (the implicit function theorem
     # at `_solution`'s output), so Hessian-vector products are exact too. The rule
-    # is the same for every cell: one state array and a tuple state are checked.
+    # is the same for every cell: one cell whose state is an array and one whose
+    # state is a tuple are checked (the registry's first of each).
     cell, xs, hidden, length, resets = _random_case(cls, getkey(), 13, 3)
     mode = eqrnn.Newton("diagonal")
     got = _hessian_vector_products(cell, xs, hidden, length, resets, mode)
