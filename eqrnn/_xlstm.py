@@ -556,11 +556,26 @@ def _mlstm_block(
         w = jnp.exp(log_w - m[..., None])
         decay = jnp.exp(g - m)
         scores = jnp.einsum("ktd,ksd->kts", q, k) * w
-        # `base_memory` is (heads, 1 or block, head_size, head_size).
-        start_q = jnp.einsum("ktvd,ktd->ktv", base_memory, q)
-        start_nq = jnp.einsum("ktd,ktd->kt", base_norm, q)
-        num = decay[..., None] * start_q + scores @ v
-        den = decay * start_nq + jnp.sum(scores, axis=2)
+        # Numerator and denominator in one product: each step's row
+        # `[decay_t q_t, scores_t]` times `[C^T n; v 1]`, the starting memory and
+        # normaliser stacked on the block's values. Never `einsum(C, q)` alone:
+        # under `jit(vmap)` with a single block XLA sees the zero starting state
+        # as a `broadcast`, and XLA:CPU's YNNPACK fusion (jaxlib 0.10.2) computes
+        # a dot that reads a broadcast wrongly once a reduce shares its fusion
+        # (garbage; see benchmarks/NOTES.md). A concatenation that holds the
+        # values is never a broadcast, and YNNPACK does not fuse it.
+        values = jnp.concatenate([v, jnp.ones_like(v[..., :1])], axis=-1)
+        lhs = jnp.concatenate([decay[..., None] * q, scores], axis=-1)
+        rhs = _stacked_readout(memory0, norm0, values)
+        if start is not None:  # the restarted steps read the starting state
+            rhs = jnp.concatenate(
+                [rhs, _stacked_readout(init_memory, init_norm, values)], axis=-1
+            )
+        out = lhs @ rhs
+        if start is not None:
+            carried, restart = jnp.split(out, 2, axis=-1)
+            out = jnp.where(restarted[..., None], restart, carried)
+        num, den = out[..., :-1], out[..., -1]
         hs = jnp.where(poisoned[..., None], jnp.nan, _normalised(num, den, m, eps))
         hs = jax.nn.sigmoid(o) * hs.swapaxes(0, 1).reshape(-1, hidden_size)
 
@@ -589,6 +604,14 @@ def _mlstm_block(
         return final, (hs, *(x.swapaxes(0, 1) for x in every))
 
     return body
+
+
+def _stacked_readout(memory: Array, norm: Array, values: Array) -> Array:
+    """`[C^T n; v 1]` per head, `(heads, head_size + block, head_size + 1)`: what
+    `[decay_t q_t, scores_t]` multiplies to give `[C q, n . q]` plus the block's
+    own numerator and denominator."""
+    state = jnp.concatenate([memory.swapaxes(-1, -2), norm[..., None]], axis=-1)
+    return jnp.concatenate([state, values], axis=-2)
 
 
 def _max_plus(earlier: Any, later: Any) -> Any:

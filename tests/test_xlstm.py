@@ -124,6 +124,24 @@ def test_mlstm_chunkwise_keeps_float32_accuracy_over_4096_steps(getkey):
     assert error["chunked"] < 3 * error["sequential"] + 1e-6 * scale, error
 
 
+def test_mlstm_chunkwise_is_right_under_jit_vmap_of_a_large_batch():
+    """One block under `jax.jit(jax.vmap(...))`: XLA sees the starting memory as a
+    `broadcast`, and XLA:CPU's YNNPACK fusion (jaxlib 0.10.2; it takes this program
+    from a batch of 256) got a dot with a broadcast operand wrong (garbage, or with
+    this constant state a steady 2.7 off; the zero default state failed only now and
+    then). See benchmarks/NOTES.md."""
+    cell = eqrnn.MLSTMCell(1, 4, dtype=jnp.float32, key=jr.key(0))
+    xs = jr.normal(jr.key(1), (256, 16, 1), jnp.float32)
+
+    def run(x, mode):
+        hidden = jax.tree.map(lambda h: jnp.full_like(h, 0.5), cell.init_hidden())
+        return eqrnn.scan_all_hidden(cell, x, hidden, mode=mode)
+
+    got = jax.jit(jax.vmap(lambda x: run(x, "chunked")))(xs)
+    expected = jax.vmap(lambda x: run(x, "sequential"))(xs)
+    assert_tree_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def _adding_batch(key, batch, steps):
     """The adding problem: the sum of the two values marked in the second channel."""
     kv, km = jr.split(key)
