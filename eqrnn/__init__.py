@@ -14,6 +14,7 @@ from ._cell import (
 )
 from ._conv_lstm import ConvLSTMCell as ConvLSTMCell
 from ._gru import GRUCell as GRUCell
+from ._indrnn import IndRNNCell as IndRNNCell
 from ._layer_norm import (
     LayerNormGRUCell as LayerNormGRUCell,
     LayerNormLSTMCell as LayerNormLSTMCell,
@@ -81,6 +82,7 @@ __all__ = [
     "Chunked",
     "ConvLSTMCell",
     "GRUCell",
+    "IndRNNCell",
     "LRU",
     "LSTMCell",
     "LayerNormGRUCell",

@@ -201,6 +201,11 @@ def _conv_lstm(cell: Any, x: Any, hidden: Any) -> Any:
     return sigmoid(o) * np.tanh(c), c
 
 
+def _indrnn(cell: Any, x: Any, h: Any) -> Any:
+    p = _params(cell)
+    return np.maximum(p["weight_ih"] @ x + p["weight_hh"] * h + p["bias"], 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class CellCase:
     """One cell as the shared tests see it."""
@@ -264,6 +269,7 @@ CASES = (
     CellCase(eqrnn.GRUCell, _gru, num_gates=3, fused=True),
     CellCase(eqrnn.LSTMCell, _lstm, num_gates=4, fused=True),
     CellCase(eqrnn.MGUCell, _mgu, num_gates=2, fused=True),
+    CellCase(eqrnn.IndRNNCell, _indrnn),
     CellCase(eqrnn.LayerNormLSTMCell, _layer_norm_lstm, num_gates=4),
     CellCase(eqrnn.LayerNormGRUCell, _layer_norm_gru, num_gates=3),
     CellCase(eqrnn.SLSTMCell, _slstm),
