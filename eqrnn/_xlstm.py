@@ -573,6 +573,7 @@ def _mlstm_block(
             )
         out = lhs @ rhs
         if start is not None:
+            restarted = start >= 0
             carried, restart = jnp.split(out, 2, axis=-1)
             out = jnp.where(restarted[..., None], restart, carried)
         num, den = out[..., :-1], out[..., -1]
