@@ -31,6 +31,19 @@ def test_fused_vs_generic_prints_every_cell_and_pass(monkeypatch, capsys):
         assert row[-2].endswith("x"), row  # the speedup, median then [min]
 
 
+def test_same_programs_prints_a_hash_per_cell_platform_and_mode():
+    argv = [sys.executable, str(BENCHMARKS / "same_programs.py"), "--cells", "MinGRU"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    assert [row[:3] for row in rows] == [
+        ["MinGRU", platform, mode]
+        for platform in ("cpu", "gpu")
+        for mode in ("auto", "sequential")
+    ]
+    assert all(len(row[3]) == 16 for row in rows), rows
+
+
 @pytest.mark.parametrize("generic", [False, True])
 def test_profile_scan_prints_thunks(generic):
     # In its own process: the profiler is global state.
