@@ -11,6 +11,7 @@ import argparse
 import hashlib
 import re
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,18 +22,19 @@ import eqrnn
 BATCH, STEPS, IN, HIDDEN = 4, 16, 8, 8
 
 
-def cells(only: list[str] | None = None) -> dict[str, object]:
+def cells(only: list[str] | None = None) -> dict[str, Any]:
     key = jax.random.key(0)
     found = {}
     for name in sorted(eqrnn.__all__):
         if only and name not in only:
             continue
-        obj = getattr(eqrnn, name)
+        obj: Any = getattr(eqrnn, name)
         if not (isinstance(obj, type) and issubclass(obj, eqrnn.AbstractCell)):
             continue
         if name.startswith("Abstract") or name in ("CallableCell", "ConvLSTMCell"):
             continue
-        found[name] = obj(IN, IN if name == "RGLRU" else HIDDEN, key=key)
+        make: Any = obj  # a built-in cell class: (input_size, hidden_size, *, key)
+        found[name] = make(IN, IN if name == "RGLRU" else HIDDEN, key=key)
     return found
 
 
@@ -54,7 +56,7 @@ def strip(text: str) -> str:
     return re.sub(r",? ?stack_frame_id=\d+", "", text)
 
 
-def program(cell, platform: str, mode: str) -> str:
+def program(cell: Any, platform: Any, mode: Any) -> str:
     xs = jnp.ones((BATCH, STEPS, IN), cell.dtype)
 
     def loss(cell, xs):
@@ -63,11 +65,11 @@ def program(cell, platform: str, mode: str) -> str:
 
     with eqrnn.tuned_for(platform):
         lowered = jax.jit(jax.grad(loss)).lower(cell, xs)
-    return strip(lowered.compile().as_text())
+    return strip(lowered.compile().as_text() or "")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--cells", help="comma-separated cell names (default all)")
     args = parser.parse_args()
     only = args.cells.split(",") if args.cells else None
