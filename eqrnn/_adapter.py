@@ -2,6 +2,7 @@
 the scan helpers and layers wrap Equinox's cells and user functions once, at the
 public edge, and talk to one interface below it."""
 
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -55,8 +56,8 @@ class CallableCell(AbstractStochasticCell):
         self.fn = fn
         # `None` where `fn` does not say (a plain function). `fn` is not an eqrnn
         # cell, so its sizes are read as the attributes Equinox's cells name them.
-        self.input_size = getattr(fn, "input_size", None)  # pyright: ignore[reportIncompatibleVariableOverride]
-        self.hidden_size = getattr(fn, "hidden_size", None)  # pyright: ignore[reportIncompatibleVariableOverride]
+        self.input_size = _declared(fn, "input_size")  # pyright: ignore[reportIncompatibleVariableOverride]
+        self.hidden_size = _declared(fn, "hidden_size")  # pyright: ignore[reportIncompatibleVariableOverride]
 
     def project_inputs(
         self, inputs: Float[Array, "*time input_size"]
@@ -87,7 +88,8 @@ def _checked(cell: CallableCell, new: Any, hidden: Any) -> Any:
     (checked at trace time: `lax.scan` would only say that its carry changed)."""
     if _signature(new) == _signature(hidden):
         return new
-    name = getattr(cell.fn, "__name__", type(cell.fn).__name__)
+    fn = cell.fn
+    name = fn.__name__ if isinstance(fn, types.FunctionType) else type(fn).__name__
     hint = ""
     if (
         isinstance(new, tuple)
@@ -152,5 +154,15 @@ def input_shape_of(cell: Any) -> tuple[int, ...] | None:
     """The shape of one step's input of a cell or a callable, where it says."""
     if isinstance(cell, AbstractCell):
         return cell.step_input_shape()
-    size = getattr(cell, "input_size", None)
+    size = _declared(cell, "input_size")
     return None if size is None else (size,)
+
+
+def _declared(fn: Any, size: str) -> int | None:
+    """A size that a callable which is not an eqrnn cell declares as Equinox's cells
+    do (`input_size`, `hidden_size`), or `None`: the one place eqrnn reads an
+    attribute of a foreign callable by name."""
+    # A foreign object cannot subclass eqrnn's interfaces, so its sizes are read by
+    # the names Equinox's cells give them.
+    value = getattr(fn, size, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
